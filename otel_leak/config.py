@@ -1,0 +1,156 @@
+"""Settings from ``OTEL_PYTHON_LEAK_*`` environment variables.
+
+Every setting is declared once with :func:`setting`; the declarations are the documentation (README table,
+``opentelemetry-instrument --help`` via ``otel_leak.environment_variables``). A value that does not parse gets
+one warning naming the variable and the default used, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from otel_leak.names import ENV_PREFIX
+
+_log = logging.getLogger("otel_leak")
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    kind: str  # "bool" | "int" | "float" | "str" | "list" | "choice"
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+SETTINGS: dict[str, Setting] = {}
+
+
+def setting(
+    name: str,
+    kind: str,
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> Setting:
+    """Declare ``OTEL_PYTHON_LEAK_<NAME>``; returns the declaration (read it with :func:`get`)."""
+    env = ENV_PREFIX + name
+    s = Setting(env, kind, default, doc, minimum, maximum, choices)
+    SETTINGS[env] = s
+    return s
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(s: Setting, raw: str) -> Any:
+    raw = raw.strip()
+    if s.kind == "bool":
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError("expected true/false")
+    if s.kind in ("int", "float"):
+        value: float = int(raw) if s.kind == "int" else float(raw)
+        if value != value:  # NaN
+            raise ValueError("not a number")
+        if s.minimum is not None and value < s.minimum:
+            raise ValueError(f"must be >= {s.minimum:g}")
+        if s.maximum is not None and value > s.maximum:
+            raise ValueError(f"must be <= {s.maximum:g}")
+        return value
+    if s.kind == "list":
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if s.kind == "choice":
+        low = raw.lower()
+        if low not in s.choices:
+            raise ValueError(f"expected one of {', '.join(s.choices)}")
+        return low
+    if s.kind == "regex_list":
+        parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+        for p in parts:
+            re.compile(p)
+        return parts
+    return raw
+
+
+_warned: set[str] = set()
+
+
+def get(s: Setting, environ: dict[str, str] | None = None) -> Any:
+    """The setting's value, or its default with one warning if the variable is set but invalid."""
+    env = os.environ if environ is None else environ
+    raw = env.get(s.env)
+    if raw is None or raw.strip() == "":
+        return s.default
+    try:
+        return _parse(s, raw)
+    except (ValueError, re.error) as exc:
+        if s.env not in _warned:
+            _warned.add(s.env)
+            _log.warning(
+                "otel-leak: invalid %s=%r (%s); using the default %r", s.env, raw, exc, s.default
+            )
+        return s.default
+
+
+# --------------------------------------------------------------------------------------------------
+# Foundation settings
+ENABLED = setting("ENABLED", "bool", True, "Turn otel-leak off entirely without uninstalling it.")
+TASK_SPAN_KINDS = setting(
+    "TASK_SPAN_KINDS",
+    "list",
+    ("consumer", "server"),
+    "Span kinds that make a local root span a task span (comma-separated: consumer, server, internal, "
+    "producer, client).",
+)
+TASK_SPAN_NAMES = setting(
+    "TASK_SPAN_NAMES",
+    "regex_list",
+    (),
+    "Comma-separated regular expressions; a span whose name matches any is a task span whatever its kind "
+    "or parent.",
+)
+MAX_TASK_TYPES = setting(
+    "MAX_TASK_TYPES",
+    "int",
+    100,
+    "Cardinality cap on task identities; later new identities are recorded as 'other'.",
+    minimum=1,
+    maximum=100_000,
+)
+FLOOR_WINDOW = setting(
+    "FLOOR_WINDOW",
+    "float",
+    300.0,
+    "Seconds over which the resident-memory floor (lowest RSS) is taken.",
+    minimum=1,
+)
+SAMPLE_INTERVAL = setting(
+    "SAMPLE_INTERVAL",
+    "float",
+    1.0,
+    "Seconds between background memory samples feeding the floor and the detector.",
+    minimum=0.01,
+    maximum=3600,
+)
+MEMORY_LIMIT = setting(
+    "MEMORY_LIMIT",
+    "int",
+    0,
+    "Memory limit in bytes for time-to-limit alerts; 0 means detect it (cgroup memory.max, RLIMIT_AS).",
+    minimum=0,
+)
+GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")
