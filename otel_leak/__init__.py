@@ -1,1 +1,44 @@
-"""otel-leak."""
+"""otel-leak: find memory leaks in long-running Python workers with OpenTelemetry.
+
+Auto-attached by ``opentelemetry-instrument``; by hand::
+
+    import otel_leak
+    otel_leak.instrument(tracer_provider=tp, meter_provider=mp)
+
+Workers without framework instrumentation mark their units of work as task spans::
+
+    @otel_leak.task()                 # or @otel_leak.task("resize-image")
+    def handle(job): ...
+
+    with otel_leak.task_span("resize-image"):
+        ...
+"""
+
+from __future__ import annotations
+
+from otel_leak.manual import task, task_span
+from otel_leak.version import __version__
+
+__all__ = ["instrument", "uninstrument", "task", "task_span", "__version__"]
+
+
+def instrument(tracer_provider=None, meter_provider=None, logger_provider=None) -> None:
+    """Attach otel-leak to the given (or global) SDK providers. Never raises."""
+    from otel_leak.instrumentor import LeakInstrumentor
+
+    kwargs = {
+        k: v
+        for k, v in (
+            ("tracer_provider", tracer_provider),
+            ("meter_provider", meter_provider),
+            ("logger_provider", logger_provider),
+        )
+        if v is not None
+    }
+    LeakInstrumentor().instrument(**kwargs)
+
+
+def uninstrument() -> None:
+    from otel_leak.instrumentor import LeakInstrumentor
+
+    LeakInstrumentor().uninstrument()

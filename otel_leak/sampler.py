@@ -1,0 +1,137 @@
+"""Background sampler: one daemon thread that reads the probes every ``SAMPLE_INTERVAL`` seconds.
+
+It keeps the resident-memory floor, and hands each :class:`Sample` to its listeners (the process metrics
+drain GC pauses there; the detector runs its tiers there). Nothing here is on the per-task path.
+The thread is restarted in a forked child, where the floor and the counts start afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from otel_leak.probes import FloorTracker, HeapProbe, MemoryProbe
+
+_log = logging.getLogger("otel_leak")
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # time.monotonic()
+    wall: float  # time.time()
+    rss: int
+    vms: int
+    heap_blocks: int
+    traced: int | None
+    floor: int
+    task_counts: dict[str, int]  # copy of cumulative completed tasks per task identity
+    tasks_total: int
+
+
+Listener = Callable[[Sample], None]
+
+
+class Sampler:
+    def __init__(
+        self,
+        memory: MemoryProbe,
+        heap: HeapProbe,
+        stats,  # otel_leak.processor.TaskStats
+        interval: float = 1.0,
+        floor_window: float = 300.0,
+    ) -> None:
+        self.memory = memory
+        self.heap = heap
+        self.stats = stats
+        self.interval = interval
+        self.floor = FloorTracker(floor_window)
+        self.last: Sample | None = None
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def add_listener(self, fn: Listener) -> None:
+        with self._lock:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: Listener) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="otel-leak-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=max(2.0, self.interval * 2))
+        self._thread = None
+
+    def _after_fork(self) -> None:
+        # The parent's thread does not exist here; locks may be held by threads that vanished.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.floor.reset()
+        self.last = None
+        was_running = self._thread is not None
+        self._thread = None
+        if was_running:
+            self.start()
+
+    def sample(self) -> Sample | None:
+        """Take one sample now (also used by tests and the detector's final report)."""
+        pair = self.memory.read()
+        if pair is None:
+            return None
+        rss, vms = pair
+        t = time.monotonic()
+        stats = self.stats
+        s = Sample(
+            t=t,
+            wall=time.time(),
+            rss=rss,
+            vms=vms,
+            heap_blocks=self.heap.blocks() or 0,
+            traced=self.heap.traced(),
+            floor=self.floor.add(t, rss),
+            task_counts=dict(stats.counts) if stats is not None else {},
+            tasks_total=stats.total if stats is not None else 0,
+        )
+        self.last = s
+        return s
+
+    def tick(self) -> None:
+        s = self.sample()
+        if s is None:
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn(s)
+            except Exception as exc:
+                _log.warning("otel-leak: sampler listener %r failed (%s) and was removed", fn, exc)
+                self.remove_listener(fn)
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # pragma: no cover - defensive
+                _log.warning("otel-leak: sampler stopped after an error: %s", exc)
+                return
+            stop.wait(self.interval)
