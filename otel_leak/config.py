@@ -153,4 +153,12 @@ MEMORY_LIMIT = setting(
     "Memory limit in bytes for time-to-limit alerts; 0 means detect it (cgroup memory.max, RLIMIT_AS).",
     minimum=0,
 )
+TASK_HEAP_BLOCKS = setting(
+    "TASK_HEAP_BLOCKS",
+    "bool",
+    False,
+    "Set the Python-heap block delta on task spans. Off by default: sys.getallocatedblocks() walks every "
+    "pymalloc arena, so its cost grows with the heap (about 1 us at 50 MB, several us on large heaps). "
+    "While tracemalloc traces, the traced-bytes delta is set instead, at constant cost.",
+)
 GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")

@@ -8,6 +8,7 @@ an SDK tracer provider (no SDK, or the API's proxy/no-op provider) it does nothi
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Collection
 
@@ -41,6 +42,7 @@ class Runtime:
             kinds=config.get(config.TASK_SPAN_KINDS),
             name_patterns=config.get(config.TASK_SPAN_NAMES),
             max_task_types=config.get(config.MAX_TASK_TYPES),
+            heap_blocks=config.get(config.TASK_HEAP_BLOCKS),
         )
         self.sampler = Sampler(
             self.memory,
@@ -57,7 +59,11 @@ class Runtime:
             sampler=self.sampler,
             configured_limit=config.get(config.MEMORY_LIMIT),
         )
+        self.sampler.add_listener(self.processor.flush_metrics)
         tracer_provider.add_span_processor(self.processor)
+        # Registered after the SDK providers, so it runs before their shutdown: the last second of task
+        # measurements reaches the exporters.
+        atexit.register(self.processor.flush_metrics)
         self.sampler.start()
         self.detector = None
         self._attach_detector(meter, logger_provider)

@@ -14,6 +14,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_leak import names
 from otel_leak.probes import GcProbe, HeapProbe, MemoryProbe, memory_limit, thread_count
+from otel_leak.processor import create_histogram
 from otel_leak.sampler import Sample, Sampler
 
 # Buckets for GC pauses: 10 µs .. 5 s
@@ -61,17 +62,7 @@ class ProcessMetrics:
         counter(names.GC_COLLECTIONS, self._gc_field("collections"))
         counter(names.GC_COLLECTED, self._gc_field("collected"))
         counter(names.GC_UNCOLLECTABLE, self._gc_field("uncollectable"))
-        try:
-            self._pause = meter.create_histogram(
-                names.GC_PAUSE.name,
-                unit=names.GC_PAUSE.unit,
-                description=names.GC_PAUSE.description,
-                explicit_bucket_boundaries_advisory=list(GC_PAUSE_BUCKETS),
-            )
-        except TypeError:  # API older than 1.23: no advisory buckets
-            self._pause = meter.create_histogram(
-                names.GC_PAUSE.name, unit=names.GC_PAUSE.unit, description=names.GC_PAUSE.description
-            )
+        self._pause = create_histogram(meter, names.GC_PAUSE, GC_PAUSE_BUCKETS)
         self._gen_attrs: dict[tuple[int, int], dict] = {}
         sampler.add_listener(self.on_sample)
 

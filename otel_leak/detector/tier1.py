@@ -1,0 +1,303 @@
+"""Tier 1: the always-on trend check on the memory floor, and attribution by robust regression.
+
+Pure computation on the sampler's :class:`~otel_leak.sampler.Sample` stream (duck-typed: ``t``, ``rss``,
+``heap_blocks``, ``task_counts``, ``tasks_total``), so it is unit-tested on synthetic series.
+
+Windows adapt to the task rate: a window closes once it has at least ``min_samples`` samples *and*
+``min_tasks`` completed tasks (or ``idle_window`` seconds passed). At 300 tasks/s a window is
+``min_samples`` samples long; at one task a minute it stretches to ``min_tasks`` minutes. The same
+defaults serve both.
+
+Per window the floor is the lowest resident memory seen in it (a GC sawtooth does not raise the lowest
+point). Window-to-window floor increments build a *level* series (increments across a window that tier 2
+contaminated with tracemalloc's own memory are dropped). A leak is declared when, over the recent windows,
+
+* the level has a monotone trend (Mann–Kendall tau and z),
+* its robust (Theil–Sen) slope times the span is above an absolute and relative growth threshold,
+* the growth is spread over the windows (no single increment holds most of it: rejects one-off steps,
+  lazy imports, tables loaded once, allocator retention that jumps then plateaus),
+* it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
+
+and all of that holds at two consecutive window closes (confirmation over more than one window).
+
+Attribution regresses per-sample resident-memory increments on the per-sample completed-task counts of
+each task type (Huber-weighted, nonnegative least squares): neighbours' transient allocations are noise,
+not signal, and a GC drop is an outlier, not a negative retention.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+
+from otel_leak.detector import robust
+
+PAGE = 4096
+MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
+TREND_WINDOWS = 16  # windows a trend is evaluated on
+MAX_INCREMENTS = 300  # per-sample increments kept for the regression
+MAX_COLUMNS = 24  # task types in one regression (the rest are pooled)
+POOLED = "(other task types)"
+
+
+@dataclass
+class Window:
+    t0: float
+    t1: float = 0.0
+    samples: int = 0
+    rss_min: int = 0
+    rss_max: int = 0
+    heap_min: int = 0
+    tasks: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    contaminated: bool = False
+    level: float = 0.0  # floor level after dropping contaminated increments
+    heap_level: float = 0.0
+
+
+@dataclass
+class Trend:
+    windows: int = 0
+    tau: float = 0.0
+    z: float = 0.0
+    slope: float = 0.0  # bytes/s of the floor level
+    slope_recent: float = 0.0
+    slope_early: float = 0.0
+    growth: float = 0.0  # slope * span
+    spread: float = 0.0  # largest increment / total positive increments
+    heap_tau: float = 0.0
+    heap_slope: float = 0.0  # blocks/s
+    candidate: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "windows": self.windows,
+            "tau": round(self.tau, 3),
+            "z": round(self.z, 2),
+            "slope_bytes_per_s": round(self.slope, 1),
+            "slope_recent_bytes_per_s": round(self.slope_recent, 1),
+            "growth_bytes": round(self.growth),
+            "spread": round(self.spread, 3),
+            "heap_tau": round(self.heap_tau, 3),
+            "heap_slope_blocks_per_s": round(self.heap_slope, 2),
+            "candidate": self.candidate,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass
+class Attribution:
+    task: str
+    bytes_per_call: float
+    calls: int
+    confidence: float
+    share: float  # share of the explained growth
+
+
+class Tier1:
+    def __init__(
+        self,
+        *,
+        min_samples: int = 3,
+        min_tasks: int = 12,
+        idle_window: float = 120.0,
+        min_windows: int = 5,
+        min_growth: int = 2 * 1024 * 1024,
+        rel_growth: float = 0.02,
+    ) -> None:
+        self.min_samples = min_samples
+        self.min_tasks = min_tasks
+        self.idle_window = idle_window
+        self.min_windows = min_windows
+        self.min_growth = min_growth
+        self.rel_growth = rel_growth
+        self.windows: collections.deque[Window] = collections.deque(maxlen=MAX_WINDOWS)
+        self.increments: collections.deque[tuple[float, int, int, dict[str, int], bool]] = collections.deque(
+            maxlen=MAX_INCREMENTS
+        )
+        self.cur: Window | None = None
+        self.prev = None  # previous sample
+        self.start_t: float | None = None
+        self.closed = 0  # windows closed so far (including dropped ones)
+        self.trend = Trend()
+        self.candidate_streak = 0
+        self.declared = False
+        self.declared_t: float | None = None
+        self.declared_tasks: int | None = None
+        self.contaminate_until = -math.inf
+        self.contaminating = False
+        self.tasks_total = 0
+
+    # ------------------------------------------------------------------ feeding
+    def contaminate(self, active: bool, until: float | None = None) -> None:
+        """Tier 2 is (or stops being) active: its tracemalloc memory must not count as growth."""
+        self.contaminating = active
+        if until is not None:
+            self.contaminate_until = max(self.contaminate_until, until)
+        if active and self.cur is not None:
+            self.cur.contaminated = True
+
+    def add(self, s) -> bool:
+        """Feed one sample; returns True when a window closed (and the trend was re-evaluated)."""
+        t = s.t
+        if self.start_t is None:
+            self.start_t = t
+        prev = self.prev
+        self.prev = s
+        self.tasks_total = s.tasks_total
+        dirty = self.contaminating or t <= self.contaminate_until
+        dcounts: dict[str, int] = {}
+        if prev is not None:
+            pc = prev.task_counts
+            for k, v in s.task_counts.items():
+                d = v - pc.get(k, 0)
+                if d > 0:
+                    dcounts[k] = d
+            dirty_inc = dirty or (prev.t <= self.contaminate_until)
+            self.increments.append((t - prev.t, s.rss - prev.rss, s.heap_blocks - prev.heap_blocks, dcounts, dirty_inc))
+        w = self.cur
+        if w is None:
+            w = self.cur = Window(t0=t, rss_min=s.rss, rss_max=s.rss, heap_min=s.heap_blocks)
+        w.t1 = t
+        w.samples += 1
+        if s.rss < w.rss_min:
+            w.rss_min = s.rss
+        if s.rss > w.rss_max:
+            w.rss_max = s.rss
+        if s.heap_blocks < w.heap_min:
+            w.heap_min = s.heap_blocks
+        for k, d in dcounts.items():
+            w.counts[k] = w.counts.get(k, 0) + d
+            w.tasks += d
+        if dirty:
+            w.contaminated = True
+        if w.samples >= self.min_samples and (w.tasks >= self.min_tasks or t - w.t0 >= self.idle_window):
+            self._close(w)
+            return True
+        return False
+
+    def _close(self, w: Window) -> None:
+        self.cur = None
+        self.closed += 1
+        if self.closed == 1:
+            return  # the first window is start-up (imports, first-task allocations): never part of a trend
+        last = self.windows[-1] if self.windows else None
+        if last is None:
+            w.level, w.heap_level = 0.0, 0.0
+        elif w.contaminated or last.contaminated:
+            w.level, w.heap_level = last.level, last.heap_level
+        else:
+            w.level = last.level + (w.rss_min - last.rss_min)
+            w.heap_level = last.heap_level + (w.heap_min - last.heap_min)
+        self.windows.append(w)
+        self.trend = self.evaluate()
+        if self.trend.candidate:
+            self.candidate_streak += 1
+        else:
+            self.candidate_streak = 0
+        if not self.declared and self.candidate_streak >= 2:
+            self.declared = True
+            self.declared_t = w.t1
+            self.declared_tasks = self.tasks_total
+
+    # ------------------------------------------------------------------ trend
+    def evaluate(self) -> Trend:
+        ws = list(self.windows)[-TREND_WINDOWS:]
+        tr = Trend(windows=len(self.windows))
+        if len(ws) < 3:
+            tr.reasons.append("too few windows")
+            return tr
+        ts = [(w.t0 + w.t1) / 2 for w in ws]
+        ys = [w.level for w in ws]
+        hs = [w.heap_level for w in ws]
+        tr.tau, tr.z = robust.mann_kendall(ys, tol=PAGE)
+        tr.slope = robust.theil_sen(ts, ys)
+        span = ts[-1] - ts[0]
+        tr.growth = tr.slope * span
+        half = (len(ws) + 1) // 2
+        tr.slope_recent = robust.theil_sen(ts[-(half + 1):], ys[-(half + 1):]) if half >= 1 else tr.slope
+        tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
+        incs = [b - a for a, b in zip(ys, ys[1:])]
+        pos = sum(i for i in incs if i > 0)
+        tr.spread = max(incs) / pos if pos > 0 else 1.0
+        tr.heap_tau, _ = robust.mann_kendall(hs, tol=8)
+        tr.heap_slope = robust.theil_sen(ts, hs)
+        base = ws[0].rss_min
+        reasons = tr.reasons
+        if len(self.windows) < self.min_windows:
+            reasons.append("too few windows")
+        if tr.tau < 0.5 or tr.z < 2.0:
+            reasons.append("no monotone trend")
+        if tr.growth < max(self.min_growth, self.rel_growth * base):
+            reasons.append("growth below threshold")
+        if tr.spread > 0.5:
+            reasons.append("growth concentrated in one step")
+        if tr.slope_recent < 0.4 * max(tr.slope, tr.slope_early):
+            reasons.append("growth is levelling off")
+        if ys[-1] - ys[-2] <= 0 and ys[-2] - ys[-3] <= 0:
+            reasons.append("no growth in the last windows")
+        tr.candidate = not reasons
+        return tr
+
+    # ------------------------------------------------------------------ outputs
+    def confidence(self) -> float:
+        tr = self.trend
+        if not self.declared and not tr.candidate:
+            # Confidence in "no leak": grows with the evidence seen.
+            n = len(self.windows)
+            return round(min(0.95, 0.3 + 0.06 * n), 3)
+        g = min(1.0, tr.growth / max(1.0, 4.0 * self.min_growth)) if tr.growth > 0 else 0.0
+        c = 0.5 + 0.25 * max(0.0, min(1.0, (tr.tau - 0.5) / 0.5)) + 0.24 * g
+        return round(max(0.5, min(0.99, c)), 3)
+
+    def floor_series(self) -> tuple[list[float], list[float]]:
+        ws = list(self.windows)
+        return [w.t1 for w in ws], [w.rss_min for w in ws]
+
+    def attribute(self, use_heap: bool = False) -> list[Attribution]:
+        """Robust regression of per-sample growth on per-sample task counts, most to blame first."""
+        rows = [inc for inc in self.increments if not inc[4] and inc[3]]
+        return regress(
+            [inc[3] for inc in rows],
+            [float(inc[2] if use_heap else inc[1]) for inc in rows],
+        )
+
+
+def regress(counts: list[dict[str, int]], growth: list[float], min_t: float = 2.0) -> list[Attribution]:
+    """Huber nonnegative regression of ``growth[i]`` on ``counts[i]`` (task type -> calls in interval i)."""
+    if len(growth) < 4:
+        return []
+    totals: dict[str, int] = collections.Counter()
+    for c in counts:
+        totals.update(c)
+    names_ = [k for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])]
+    cols = names_[:MAX_COLUMNS]
+    pooled = names_[MAX_COLUMNS:]
+    colnames = cols + ([POOLED] if pooled else [])
+    index = {k: i for i, k in enumerate(cols)}
+    X = []
+    for c in counts:
+        row = [0.0] * len(colnames)
+        for k, v in c.items():
+            i = index.get(k)
+            if i is None:
+                row[-1] += v
+            else:
+                row[i] += v
+        X.append(row)
+    beta, se, _sigma = robust.huber_nnls(X, growth)
+    explained = [beta[j] * sum(X[i][j] for i in range(len(X))) for j in range(len(colnames))]
+    total_expl = sum(e for e in explained if e > 0)
+    out = []
+    for j, name in enumerate(colnames):
+        if beta[j] <= 0:
+            continue
+        t = beta[j] / se[j] if se[j] > 0 and math.isfinite(se[j]) else 0.0
+        share = explained[j] / total_expl if total_expl > 0 else 0.0
+        conf = (t * t / (t * t + 4.0)) * min(1.0, 0.5 + share)
+        calls = totals.get(name, 0) if name != POOLED else sum(totals[k] for k in pooled)
+        out.append(Attribution(name, beta[j], calls, round(max(0.0, min(0.99, conf)), 3), round(share, 3)))
+    out.sort(key=lambda a: -a.share)
+    return out

@@ -1,0 +1,362 @@
+"""Tier 2 (on suspicion only): a bounded tracemalloc window; tier 3: a bounded retention path.
+
+Tier 2 starts tracemalloc (unless the user already traces), samples traced bytes and per-task-type
+completed counts at ~20 Hz for at most ``window`` seconds, takes a snapshot at 40 % and at the end of the
+window, then stops tracing. What was allocated in the window and is still alive at its end, *and* grew
+between the two snapshots, is what the leak is made of. Sites are grouped by the innermost frame of the
+worker's own code (frames of otel_leak, opentelemetry, importlib, tracemalloc and the standard library are
+skipped for the site, kept in the traceback except ours). Retained Python bytes per call of each task type
+come from the same robust regression as tier 1, on traced-byte increments: much less noisy than RSS.
+
+The allocator probe (glibc ``mallinfo2`` through ctypes) tells native memory in use from free memory the
+allocator keeps (fragmentation / retention) when resident memory grows but the Python heap does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import sys
+import sysconfig
+import threading
+import time
+import tracemalloc
+
+from otel_leak.detector import robust
+from otel_leak.detector.tier1 import regress
+
+_SKIP_ALWAYS = (
+    os.sep + "otel_leak" + os.sep,
+    os.sep + "opentelemetry" + os.sep,
+    "<frozen importlib",
+    os.sep + "importlib" + os.sep,
+    os.sep + "tracemalloc.py",
+)
+
+
+def _stdlib_prefixes() -> tuple[str, ...]:
+    out = []
+    for key in ("stdlib", "platstdlib"):
+        try:
+            p = sysconfig.get_paths().get(key)
+        except Exception:
+            p = None
+        if p:
+            out.append(os.path.realpath(p) + os.sep)
+            out.append(p + os.sep)
+    return tuple(out)
+
+
+_STDLIB = _stdlib_prefixes()
+
+
+def skipped(filename: str) -> bool:
+    return any(s in filename for s in _SKIP_ALWAYS)
+
+
+def is_library(filename: str) -> bool:
+    return (
+        skipped(filename)
+        or filename.startswith("<")
+        or "site-packages" + os.sep in filename
+        or (bool(_STDLIB) and filename.startswith(_STDLIB) and "site-packages" not in filename)
+    )
+
+
+def site_frame(frames) -> tuple[str, int] | None:
+    """Innermost frame of the worker's own code (tracemalloc frames are oldest first)."""
+    fallback = None
+    for fr in reversed(frames):
+        fn = fr.filename
+        if not is_library(fn):
+            return fn, fr.lineno
+        if fallback is None and not skipped(fn):
+            fallback = (fn, fr.lineno)
+    return fallback
+
+
+# ----------------------------------------------------------------------------------------------------
+# glibc allocator
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+_mallinfo2 = None
+try:  # pragma: no branch
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _mallinfo2 = _libc.mallinfo2
+    _mallinfo2.restype = _Mallinfo2
+    _mallinfo2.argtypes = []
+except Exception:  # not glibc, or glibc < 2.33
+    _mallinfo2 = None
+
+
+def malloc_info() -> tuple[int, int] | None:
+    """``(in_use_bytes, free_bytes_kept)`` from glibc, or None where the allocator does not tell."""
+    if _mallinfo2 is None:
+        return None
+    try:
+        mi = _mallinfo2()
+        return int(mi.uordblks + mi.hblkhd), int(mi.fordblks)
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tier 2
+
+
+class Tier2Result:
+    def __init__(self) -> None:
+        self.started_t = 0.0
+        self.duration = 0.0  # wall seconds with tracemalloc on + snapshot/analysis time
+        self.python_growth_per_s = 0.0
+        self.python_growth_per_task = None
+        self.tasks = 0
+        self.traced_start = 0
+        self.traced_end = 0
+        self.sites: list[dict] = []
+        self.attribution = []
+        self.retention_paths: list[dict] = []
+        self.error: str | None = None
+        self.user_tracing = False
+
+
+def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: float, stop_event=None) -> Tier2Result:
+    """Run one tracemalloc window synchronously (call it from a background thread)."""
+    res = Tier2Result()
+    t0 = time.monotonic()
+    res.started_t = t0
+    res.user_tracing = tracemalloc.is_tracing()
+    started = False
+    try:
+        if not res.user_tracing:
+            tracemalloc.start(frames)
+            started = True
+        counts0 = dict(stats.counts) if stats is not None else {}
+        total0 = stats.total if stats is not None else 0
+        traced0 = tracemalloc.get_traced_memory()[0]
+        res.traced_start = traced0
+        rows_c: list[dict] = []
+        rows_y: list[float] = []
+        ts, ys = [0.0], [0.0]
+        prev_c, prev_y = counts0, traced0
+        mid = None
+        step = max(0.02, min(0.1, window / 30))
+        while True:
+            if stop_event is not None and stop_event.wait(step):
+                break
+            elif stop_event is None:
+                time.sleep(step)
+            now = time.monotonic() - t0
+            c = dict(stats.counts) if stats is not None else {}
+            y = tracemalloc.get_traced_memory()[0]
+            d = {k: v - prev_c.get(k, 0) for k, v in c.items() if v - prev_c.get(k, 0) > 0}
+            rows_c.append(d)
+            rows_y.append(float(y - prev_y))
+            ts.append(now)
+            ys.append(float(y - traced0))
+            prev_c, prev_y = c, y
+            if mid is None and now >= 0.4 * window:
+                mid = _snapshot()
+            if now >= window:
+                break
+        end = _snapshot()
+        res.traced_end = tracemalloc.get_traced_memory()[0]
+        res.tasks = (stats.total if stats is not None else 0) - total0
+        span = ts[-1] if ts[-1] > 0 else 1.0
+        res.python_growth_per_s = robust.theil_sen(ts, ys) if len(ts) > 2 else 0.0
+        if res.tasks > 0:
+            res.python_growth_per_task = res.python_growth_per_s * span / res.tasks
+        res.attribution = regress(rows_c, rows_y)
+        res.sites = _sites(mid, end)
+        if tier3 and res.sites and tier3_budget > 0:
+            try:
+                res.retention_paths = retention_paths(res.sites[0], tier3_budget)
+            except Exception as exc:  # tier 3 is best effort
+                res.retention_paths = [{"error": f"{type(exc).__name__}: {exc}"}]
+    except Exception as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if started:
+            try:
+                tracemalloc.stop()
+            except Exception:
+                pass
+        res.duration = time.monotonic() - t0
+    return res
+
+
+def _snapshot():
+    snap = tracemalloc.take_snapshot()
+    return snap.filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+
+
+def _sites(mid, end, top: int = 10) -> list[dict]:
+    if end is None:
+        return []
+    end_stats = end.statistics("traceback")
+    if mid is not None:
+        diff_by_tb = {d.traceback: d for d in end.compare_to(mid, "traceback")}
+    else:
+        diff_by_tb = {}
+    groups: dict[tuple[str, int], dict] = {}
+    for st in end_stats:
+        tb = st.traceback
+        d = diff_by_tb.get(tb)
+        grew = d is not None and d.size_diff > 0 and d.count_diff > 0
+        if mid is not None and not grew:
+            continue
+        site = site_frame(tb)
+        if site is None:
+            continue
+        g = groups.get(site)
+        if g is None:
+            g = groups[site] = {"file": site[0], "line": site[1], "retained_bytes": 0, "count": 0, "growth_bytes": 0,
+                                "_best": (0, tb)}
+        g["retained_bytes"] += st.size
+        g["count"] += st.count
+        g["growth_bytes"] += d.size_diff if d is not None else st.size
+        if st.size > g["_best"][0]:
+            g["_best"] = (st.size, tb)
+    out = sorted(groups.values(), key=lambda g: -g["growth_bytes"])[:top]
+    for g in out:
+        tb = g.pop("_best")[1]
+        g["traceback"] = [
+            {"file": fr.filename, "line": fr.lineno} for fr in reversed(tb) if not skipped(fr.filename)
+        ][:16]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tier 3
+
+
+def _describe(obj, child) -> dict:
+    d = {"type": type(obj).__name__}
+    try:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if v is child:
+                    d["key"] = repr(k)[:80]
+                    break
+            mod = _module_of_dict(obj)
+            if mod:
+                d["module"] = mod
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                if v is child:
+                    d["index"] = i
+                    break
+            d["len"] = len(obj)
+        elif hasattr(obj, "__dict__") or hasattr(type(obj), "__qualname__"):
+            d["type"] = getattr(type(obj), "__qualname__", d["type"])
+    except Exception:
+        pass
+    return d
+
+
+def _module_of_dict(dct) -> str | None:
+    for name, m in list(sys.modules.items()):
+        if getattr(m, "__dict__", None) is dct:
+            return name
+    return None
+
+
+def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: int = 1) -> list[dict]:
+    """What keeps objects from ``site`` alive: a referrer chain of bounded depth, in bounded time."""
+    deadline = time.monotonic() + budget
+    want = (site["file"], site["line"])
+    get_tb = tracemalloc.get_object_traceback
+    target = None
+    holder = None
+    objs = []
+    for gen in (0, 1, 2):
+        if target is not None or time.monotonic() > deadline:
+            break
+        objs = gc.get_objects(gen)
+        for i, o in enumerate(objs):
+            if i % 512 == 0 and time.monotonic() > deadline:
+                break
+            tb = get_tb(o)
+            if tb is not None and site_frame(tb) == want:
+                target = o
+                break
+            try:
+                refs = gc.get_referents(o)
+            except Exception:
+                continue
+            for r in refs:
+                if gc.is_tracked(r):
+                    continue
+                tb = get_tb(r)
+                if tb is not None and site_frame(tb) == want:
+                    target, holder = r, o
+                    break
+            if target is not None:
+                break
+    del objs
+    if target is None:
+        return []
+    chain = [{"type": type(target).__name__, "size": sys.getsizeof(target)}]
+    ignore = {id(chain), id(sys._getframe())}
+    cur = target
+    if holder is not None:
+        chain.append(_describe(holder, cur))
+        cur = holder
+    complete = False
+    for _ in range(max_depth):
+        if time.monotonic() > deadline:
+            break
+        refs = [
+            r for r in gc.get_referrers(cur)
+            if id(r) not in ignore and not isinstance(r, type(sys._getframe())) and r is not chain
+        ]
+        if not refs:
+            complete = True
+            break
+        # Prefer module globals and long-lived containers over transient ones.
+        refs.sort(key=lambda r: (0 if isinstance(r, dict) and _module_of_dict(r) else 1))
+        parent = refs[0]
+        step = _describe(parent, cur)
+        chain.append(step)
+        ignore.add(id(refs))
+        if "module" in step:
+            complete = True
+            break
+        cur = parent
+    del refs
+    text = " <- ".join(
+        s.get("module", s["type"]) + (f"[{s['key']}]" if "key" in s else f"[{s['index']}]" if "index" in s else "")
+        for s in chain
+    )
+    return [{"site": f"{site['file']}:{site['line']}", "path": chain, "text": text, "complete": complete}]
+
+
+class Tier2Thread(threading.Thread):
+    """Runs one window in the background and hands the result to ``done``."""
+
+    def __init__(self, stats, done, **kw) -> None:
+        super().__init__(name="otel-leak-tier2", daemon=True)
+        self.stats = stats
+        self.done = done
+        self.kw = kw
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            res = run_window(self.stats, stop_event=self.stop_event, **self.kw)
+        except Exception as exc:  # pragma: no cover - run_window catches
+            res = Tier2Result()
+            res.error = str(exc)
+        try:
+            self.done(res)
+        except Exception:
+            pass

@@ -1,0 +1,135 @@
+"""Terminal output with rich: the live one-line status of ``otel-leak run`` and the end-of-run summary.
+
+Everything goes to stderr so the command's own stdout stays clean for pipes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from otel_leak.report.fmt import bytes_h, fmt_site, rate_h, secs_h
+
+VERDICT_STYLE = {"leak": "bold white on red", "no_leak": "bold white on green", "inconclusive": "bold black on yellow"}
+VERDICT_LABEL = {"leak": " LEAK ", "no_leak": " NO LEAK ", "inconclusive": " INCONCLUSIVE "}
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=False)
+
+
+def status_line(
+    *, elapsed: float, processes: int, rss: float | None, tasks: int, verdict: str | None, confidence: float | None,
+    suspect: str | None = None,
+) -> Text:
+    t = Text()
+    t.append("otel-leak ", style="bold cyan")
+    t.append(f"{secs_h(elapsed):>9}  ", style="dim")
+    t.append(f"{processes} proc  ")
+    t.append(f"RSS {bytes_h(rss)}  ")
+    t.append(f"{tasks:,} tasks  ")
+    v = verdict or "waiting"
+    style = {"leak": "bold red", "no_leak": "green", "inconclusive": "yellow"}.get(v, "dim")
+    t.append(v.replace("_", " "), style=style)
+    if confidence is not None and verdict:
+        t.append(f" ({confidence:.2f})", style="dim")
+    if suspect and verdict == "leak":
+        t.append(f"  ← {suspect}", style="red")
+    return t
+
+
+def print_summary(
+    console: Console,
+    report: dict,
+    *,
+    report_path: str | None,
+    html_path: str | None,
+    kept_dir: str | None = None,
+) -> None:
+    verdict = report.get("verdict") if report.get("verdict") in VERDICT_LABEL else "inconclusive"
+    mem = report.get("memory") or {}
+    suspects = report.get("suspects") or []
+    sites = report.get("allocation_sites") or []
+    procs = report.get("processes") or []
+
+    head = Text()
+    head.append("otel-leak ", style="bold cyan")
+    head.append(VERDICT_LABEL[verdict], style=VERDICT_STYLE[verdict])
+    head.append(f"  confidence {float(report.get('confidence') or 0):.2f}", style="bold")
+    det = report.get("detected_at_s")
+    if verdict == "leak" and det is not None:
+        head.append(f"  · declared after {secs_h(det)}", style="dim")
+    head.append(
+        f"  · {int(report.get('tasks_observed') or 0):,} tasks in {secs_h(report.get('duration_s') or 0)}", style="dim"
+    )
+    console.print(head)
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", justify="right", no_wrap=True)
+    grid.add_column(overflow="fold")
+
+    if suspects:
+        s = suspects[0]
+        line = Text(str(s.get("task")), style="bold red")
+        rpc = s.get("retained_bytes_per_call")
+        if rpc is not None:
+            line.append(f"  ~{bytes_h(rpc)} retained per call", style="bold")
+        line.append(f"  ({int(s.get('calls') or 0):,} calls, confidence {float(s.get('confidence') or 0):.2f})")
+        grid.add_row("leaking task", line)
+        for other in suspects[1:3]:
+            o = Text(str(other.get("task")))
+            if other.get("retained_bytes_per_call") is not None:
+                o.append(f"  ~{bytes_h(other['retained_bytes_per_call'])}/call", style="dim")
+            grid.add_row("also", o)
+    if sites:
+        s = sites[0]
+        line = Text(fmt_site(s), style="bold")
+        line.append(f"  {bytes_h(s.get('retained_bytes'))} retained in {int(s.get('count') or 0):,} blocks")
+        grid.add_row("allocation site", line)
+    if verdict == "leak" and not sites:
+        grid.add_row("allocation site", Text("not attributed (tier 2 did not run or found no Python-heap growth)", style="dim"))
+    rs, re_ = mem.get("rss_start_bytes"), mem.get("rss_end_bytes")
+    if rs is not None or re_ is not None or mem.get("floor_slope_bytes_per_s") is not None:
+        m = Text(f"RSS {bytes_h(rs)} → {bytes_h(re_)}, floor {rate_h(mem.get('floor_slope_bytes_per_s'))}")
+        if mem.get("kind"):
+            m.append(f"  ({str(mem['kind']).replace('_', ' ')})", style="dim")
+        grid.add_row("memory", m)
+    if procs:
+        n_leak = [str(p["pid"]) for p in procs if p.get("verdict") == "leak"]
+        txt = f"{len(procs)}"
+        if n_leak:
+            txt += f" ({len(n_leak)} leaking: pid {', '.join(n_leak[:6])}{'…' if len(n_leak) > 6 else ''})"
+        grid.add_row("processes", txt)
+    if report.get("signal"):
+        grid.add_row("command", Text(f"killed by {report['signal']} (exit {report.get('exit_code')})", style="yellow"))
+    elif report.get("exit_code") not in (None, 0):
+        grid.add_row("command", Text(f"exited with {report['exit_code']}", style="yellow"))
+    if report.get("incomplete"):
+        grid.add_row("", Text("incomplete: the report shows what was seen", style="yellow"))
+    for err in (report.get("errors") or [])[:4]:
+        grid.add_row("note", Text(str(err), style="yellow"))
+    if report_path:
+        grid.add_row("report", report_path)
+    if html_path:
+        grid.add_row("html", html_path)
+    if kept_dir:
+        grid.add_row("process files", kept_dir)
+    console.print(grid)
+
+
+def error(console: Console, msg: str) -> None:
+    console.print(Text("otel-leak: ", style="bold red") + Text(msg))
+
+
+def summary_text(report: dict, **kw: Any) -> str:
+    """The summary as plain text (tests, logs)."""
+    import io
+
+    buf = io.StringIO()
+    c = Console(file=buf, width=120, color_system=None, highlight=False)
+    print_summary(c, report, **kw)
+    return buf.getvalue()

@@ -1,0 +1,475 @@
+"""``otel-leak run``: run a command under auto-instrumentation with the detector on, then merge and report.
+
+The command runs exactly as ``opentelemetry-instrument COMMAND`` would run it (its ``sitecustomize`` directory
+and the working directory first on ``PYTHONPATH``), plus:
+
+* ``OTEL_PYTHON_LEAK_DETECTOR=true`` and ``OTEL_PYTHON_LEAK_REPORT_DIR=<temp dir>``: every instrumented process,
+  including the ones it forks (prefork pools), writes ``<pid>.json`` there;
+* the interpreter's ``bin`` directory first on ``PATH`` when missing, so ``python``/``celery`` name the
+  environment otel-leak is installed in (the only one where auto-instrumentation can load);
+* ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none`` for each signal with neither an exporter nor an OTLP endpoint
+  configured by the user, so nothing tries to reach a collector that is not there.
+
+While it runs, a one-line status (RSS of the whole process tree, tasks, current verdict) is shown on a
+terminal. At exit the per-process files are merged (:mod:`otel_leak.report.merge`) and written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from otel_leak.report.console import error, print_summary, status_line, stderr_console
+from otel_leak.report.merge import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
+
+POLL_S = 0.25
+STATUS_EVERY_S = 1.0
+ORPHAN_GRACE_S = 3.0
+SIGNALS = ("TRACES", "METRICS", "LOGS")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Environment
+
+
+def sitecustomize_dir() -> str | None:
+    """Directory of opentelemetry-instrument's ``sitecustomize`` (what it prepends to PYTHONPATH)."""
+    try:
+        spec = importlib.util.find_spec("opentelemetry.instrumentation.auto_instrumentation")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def exporter_env(environ: dict[str, str]) -> dict[str, str]:
+    """``OTEL_<SIGNAL>_EXPORTER=none`` for every signal the user configured nowhere."""
+    generic = any(environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",))
+    out = {}
+    for sig in SIGNALS:
+        if environ.get(f"OTEL_{sig}_EXPORTER"):
+            continue
+        if generic or environ.get(f"OTEL_EXPORTER_OTLP_{sig}_ENDPOINT"):
+            continue
+        out[f"OTEL_{sig}_EXPORTER"] = "none"
+    return out
+
+
+def build_env(environ: dict[str, str], report_dir: str, cwd: str | None = None) -> dict[str, str]:
+    env = dict(environ)
+    env["OTEL_PYTHON_LEAK_DETECTOR"] = "true"
+    env["OTEL_PYTHON_LEAK_REPORT_DIR"] = report_dir
+    env.update(exporter_env(environ))
+    # Same PYTHONPATH manipulation as opentelemetry-instrument's run().
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    cwd = cwd or os.getcwd()
+    if cwd not in parts:
+        parts.insert(0, cwd)
+    site = sitecustomize_dir()
+    if site:
+        parts = [site] + [p for p in parts if p != site]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", os.defpath).split(os.pathsep)
+    if bindir and bindir not in path:
+        env["PATH"] = os.pathsep.join([bindir] + path)
+    return env
+
+
+def resolve(command: str, env: dict[str, str]) -> tuple[str | None, str | None]:
+    """(path, problem): the executable for ``command`` under the child's PATH, or why there is none."""
+    if os.sep in command:
+        if not os.path.exists(command):
+            return None, "not_found"
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            return None, "not_executable"
+        return command, None
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        return None, "not_found"
+    return found, None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Watching the process tree (what the parent sees, independent of the detector's files)
+
+
+@dataclass
+class Seen:
+    pid: int
+    first_seen_unix: float
+    last_seen_unix: float
+    rss_max_bytes: int = 0
+    python: bool = False
+    cmdline: list[str] = field(default_factory=list)
+    ppid: int | None = None
+    alive: bool = True
+    t: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+
+class Tree:
+    """Polls the command's process tree with psutil: live RSS, and a record of every process seen."""
+
+    MAX_POINTS = 400
+
+    def __init__(self, root_pid: int, start: float) -> None:
+        self.root_pid = root_pid
+        self.start = start
+        self.seen: dict[int, Seen] = {}
+        self._procs: dict[int, object] = {}
+        self._py = _real(sys.executable)
+        try:
+            import psutil
+
+            self._psutil = psutil
+            self._root = psutil.Process(root_pid)
+        except Exception:
+            self._psutil = None
+            self._root = None
+
+    def poll(self) -> float | None:
+        """Sum of RSS over the live tree (None if unknown)."""
+        ps = self._psutil
+        if ps is None:
+            return None
+        now = time.time()
+        members = []
+        try:
+            members = [self._root] + self._root.children(recursive=True)
+        except Exception:
+            members = []
+        # orphans: processes seen before whose parent died are no longer children of root
+        known = {p.pid for p in members}
+        for pid, proc in list(self._procs.items()):
+            if pid not in known and self.seen[pid].alive:
+                members.append(proc)
+        total = 0
+        alive_now = set()
+        for proc in members:
+            try:
+                if not proc.is_running() or proc.status() == ps.STATUS_ZOMBIE:
+                    continue
+                rss = proc.memory_info().rss
+            except Exception:
+                continue
+            pid = proc.pid
+            alive_now.add(pid)
+            total += rss
+            s = self.seen.get(pid)
+            if s is None:
+                s = Seen(pid, now, now)
+                try:
+                    s.cmdline = proc.cmdline()[:20]
+                    s.ppid = proc.ppid()
+                    s.python = _real(proc.exe()) == self._py
+                except Exception:
+                    pass
+                self.seen[pid] = s
+                self._procs[pid] = proc
+            s.last_seen_unix = now
+            s.rss_max_bytes = max(s.rss_max_bytes, rss)
+            s.t.append(round(now - s.first_seen_unix, 3))
+            s.rss.append(rss)
+            if len(s.t) > self.MAX_POINTS:  # keep it bounded: drop every other point
+                s.t, s.rss = s.t[::2], s.rss[::2]
+        for pid, s in self.seen.items():
+            s.alive = pid in alive_now
+        return float(total)
+
+    def alive_descendants(self) -> list[int]:
+        return [pid for pid, s in self.seen.items() if s.alive and pid != self.root_pid]
+
+    def observed(self) -> dict[int, dict]:
+        return {
+            pid: {
+                "first_seen_unix": s.first_seen_unix,
+                "last_seen_unix": s.last_seen_unix,
+                "rss_max_bytes": s.rss_max_bytes,
+                "alive": s.alive,
+            }
+            for pid, s in self.seen.items()
+        }
+
+
+def _real(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return path
+
+
+# ------------------------------------------------------------------------------------------------------
+# Signals
+
+
+class Forwarder:
+    """Forward termination signals to the command; Ctrl-C from a terminal already reaches it."""
+
+    FORWARD = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGINT")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.old: dict[int, object] = {}
+        self.received: list[int] = []
+
+    def __enter__(self) -> "Forwarder":
+        for name in self.FORWARD:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.old.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    def _handle(self, signum, _frame) -> None:
+        self.received.append(signum)
+        if signum == signal.SIGINT and _terminal_sent_it():
+            return  # the terminal sent SIGINT to the whole foreground group: the command has it already
+        try:
+            os.kill(self.pid, signum)
+        except OSError:
+            pass
+
+
+def _terminal_sent_it() -> bool:
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+# ------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Options:
+    command: list[str]
+    report: str | None = None  # None: default path in the working directory
+    html: str | None = None
+    quiet: bool = False
+
+
+def default_report_path(command: list[str]) -> str:
+    base = os.path.basename(command[0]) or "command"
+    if base.startswith("python") and len(command) > 1 and not command[1].startswith("-"):
+        base = os.path.splitext(os.path.basename(command[1]))[0] or base
+    elif base.startswith("python") and len(command) > 2 and command[1] == "-m":
+        base = command[2]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[:40]
+    return f"otel-leak-{safe}.{os.getpid()}.json"
+
+
+def live_status(report: dict, rss: float | None, elapsed: float, tree_n: int) -> object:
+    procs = report.get("processes") or []
+    suspects = report.get("suspects") or []
+    return status_line(
+        elapsed=elapsed,
+        processes=max(tree_n, len(procs)),
+        rss=rss,
+        tasks=int(report.get("tasks_observed") or 0),
+        verdict=report.get("verdict") if procs else None,
+        confidence=report.get("confidence") if procs else None,
+        suspect=suspects[0]["task"] if suspects else None,
+    )
+
+
+def run(opts: Options) -> int:
+    console = stderr_console()
+    if not opts.command:
+        error(console, "no command given: otel-leak run [--report FILE] [--html FILE] -- COMMAND [ARGS...]")
+        return 2
+    report_dir = tempfile.mkdtemp(prefix="otel-leak-")
+    keep_dir = False
+    try:
+        env = build_env(dict(os.environ), report_dir)
+        exe, problem = resolve(opts.command[0], env)
+        if exe is None:
+            if problem == "not_found":
+                error(console, f"command not found: {opts.command[0]}")
+                return 127
+            error(console, f"command not executable: {opts.command[0]}")
+            return 126
+        if sitecustomize_dir() is None:
+            error(console, "opentelemetry-instrumentation is not installed: the command runs uninstrumented")
+        start = time.time()
+        try:
+            child = subprocess.Popen(opts.command, executable=exe, env=env)
+        except PermissionError:
+            error(console, f"command not executable: {opts.command[0]}")
+            return 126
+        except OSError as exc:
+            error(console, f"cannot run {opts.command[0]}: {exc.strerror or exc}")
+            return 126 if exc.errno in (8, 13) else 127
+
+        rc, orphans, tree = _supervise(child, start, report_dir, console, opts.quiet)
+        end = time.time()
+
+        info = RunInfo(command=list(opts.command), pid=child.pid, start_unix=start, end_unix=end)
+        if rc < 0:
+            info.signal = _signame(-rc)
+            info.exit_code = 128 - rc
+        else:
+            info.exit_code = rc
+        if orphans:
+            info.errors.append(
+                f"processes still running after the command exited: {', '.join(map(str, orphans[:10]))} "
+                "(their reports are as of their last periodic write)"
+            )
+        try:
+            info.observed = tree.observed()
+            loaded = read_process_dir(report_dir)
+            report = merge(loaded, info)
+            _add_unreported(report, tree, start)
+        except Exception as exc:  # noqa: BLE001 - never a traceback
+            report = failed_report(info, f"merge failed: {exc.__class__.__name__}: {exc}")
+
+        report_path = opts.report or default_report_path(opts.command)
+        failed = False
+        try:
+            write_json(report, report_path)
+            shown_report = report_path
+        except OSError as exc:
+            failed = True
+            shown_report = None
+            error(console, f"cannot write the report to {report_path}: {exc.strerror or exc}")
+            keep_dir = True
+        shown_html = None
+        if opts.html:
+            try:
+                from otel_leak.report.html import write_html
+
+                write_html(report, opts.html)
+                shown_html = opts.html
+            except OSError as exc:
+                failed = True
+                error(console, f"cannot write the HTML page to {opts.html}: {exc.strerror or exc}")
+            except Exception as exc:  # noqa: BLE001
+                failed = True
+                error(console, f"cannot render the HTML page: {exc.__class__.__name__}: {exc}")
+        if not opts.quiet or failed:
+            print_summary(
+                console,
+                report,
+                report_path=shown_report,
+                html_path=shown_html,
+                kept_dir=report_dir if keep_dir else None,
+            )
+        code = info.exit_code if info.exit_code is not None else 1
+        if code == 0 and failed:
+            code = 1
+        return code
+    finally:
+        if not keep_dir:
+            shutil.rmtree(report_dir, ignore_errors=True)
+
+
+def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, quiet: bool):
+    tree = Tree(child.pid, start)
+    live = None
+    if not quiet and console.is_terminal:
+        from rich.live import Live
+
+        live = Live(status_line(elapsed=0, processes=1, rss=None, tasks=0, verdict=None, confidence=None),
+                    console=console, transient=True, refresh_per_second=4, redirect_stdout=False,
+                    redirect_stderr=False)
+        live.start()
+    last_status = 0.0
+    orphans: list[int] = []
+    try:
+        with Forwarder(child.pid):
+            while True:
+                try:
+                    rc = child.wait(timeout=POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.time()
+                if now - last_status >= STATUS_EVERY_S:
+                    last_status = now
+                    rss = tree.poll()
+                    if live is not None:
+                        live.update(_status_from_dir(report_dir, rss, now - start, tree))
+            # The command is gone; processes it forked may still be finishing (writing their final files).
+            deadline = time.time() + ORPHAN_GRACE_S
+            tree.poll()
+            while tree.alive_descendants() and time.time() < deadline:
+                time.sleep(0.1)
+                tree.poll()
+            orphans = tree.alive_descendants()
+    finally:
+        if live is not None:
+            live.stop()
+    return rc, orphans, tree
+
+
+def _status_from_dir(report_dir: str, rss, elapsed: float, tree: Tree):
+    try:
+        loaded: list[Loaded] = read_process_dir(report_dir)
+        report = merge(loaded, RunInfo())
+    except Exception:  # noqa: BLE001
+        report = {}
+    alive = sum(1 for s in tree.seen.values() if s.alive)
+    return live_status(report, rss, elapsed, alive)
+
+
+def _add_unreported(report: dict, tree: Tree, start: float) -> None:
+    """Python processes the parent saw that never wrote a report (killed before their first write)."""
+    reported = {p.get("pid") for p in report.get("processes") or []}
+    for pid, s in sorted(tree.seen.items()):
+        if pid in reported or not s.python:
+            continue
+        report["processes"].append(
+            {
+                "pid": pid,
+                "ppid": s.ppid,
+                "argv": s.cmdline,
+                "role": "command" if pid == tree.root_pid else "child",
+                "verdict": "inconclusive",
+                "confidence": 0.0,
+                "detected_at_s": None,
+                "start_offset_s": round(s.first_seen_unix - start, 3),
+                "tasks_observed": 0,
+                "memory": {
+                    "kind": None,
+                    "rss_start_bytes": s.rss[0] if s.rss else None,
+                    "rss_end_bytes": s.rss[-1] if s.rss else None,
+                    "floor_slope_bytes_per_s": None,
+                },
+                "suspects": [],
+                "allocation_sites": [],
+                "retention_paths": [],
+                "reported": False,
+                "series": {"t_s": list(s.t), "rss": list(s.rss)},
+                "note": "wrote no report; memory as sampled by otel-leak run",
+            }
+        )
+        report["incomplete"] = True
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
