@@ -1,0 +1,105 @@
+"""Probes: correct, fork-safe, and self-disabling with one warning."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+from otel_leak.probes import FloorTracker, GcProbe, MemoryProbe, thread_count
+
+
+def _vmrss(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_rss_matches_the_kernel():
+    probe = MemoryProbe()
+    rss, vms = probe.read()
+    assert abs(rss - _vmrss()) < 2 * 1024 * 1024
+    assert vms > rss
+    assert abs(probe.rss() - rss) < 2 * 1024 * 1024
+
+
+def test_forked_child_reads_its_own_memory_not_the_parents():
+    probe = MemoryProbe()  # fd opened in the parent, as auto-instrumentation does
+    parent_rss = probe.rss()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: grow by 128 MiB, report what the probe reads and what the kernel says
+        try:
+            ballast = bytearray(128 * 1024 * 1024)
+            os.write(w, f"{probe.rss()} {_vmrss()} {len(ballast)}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    probe_rss, kernel_rss, _ = map(int, os.read(r, 100).split())
+    os.waitpid(pid, 0)
+    assert kernel_rss > parent_rss + 100 * 1024 * 1024
+    assert abs(probe_rss - kernel_rss) < 4 * 1024 * 1024  # the child's own memory
+
+
+def test_memory_probe_failure_disables_with_one_warning(caplog):
+    probe = MemoryProbe()
+    os.close(probe._fd)  # the kept fd goes bad under the probe
+    probe._fd = 10_000
+    with caplog.at_level(logging.WARNING, logger="otel_leak"):
+        results = [probe.rss() for _ in range(5)] + [probe.read()]
+    assert results == [None] * 6
+    assert probe.disabled
+    assert len([r for r in caplog.records if "memory probe failed" in r.getMessage()]) == 1
+
+
+def test_gc_probe_times_pauses_per_generation():
+    probe = GcProbe()
+    try:
+        before = probe.collections
+        gc.collect(0)
+        gc.collect(2)
+        pauses = probe.drain_pauses()
+        assert probe.collections >= before + 2
+        gens = [g for g, _ in pauses]
+        assert 0 in gens and 2 in gens
+        assert all(p >= 0 for _, p in pauses)
+        assert probe.drain_pauses() == []
+    finally:
+        probe.uninstall()
+    assert probe._callback not in gc.callbacks
+
+
+def test_gc_pause_buffer_is_bounded():
+    probe = GcProbe()
+    try:
+        for _ in range(GcProbe.MAX_BUFFERED + 500):
+            gc.collect(0)
+        assert len(probe.drain_pauses()) <= GcProbe.MAX_BUFFERED
+    finally:
+        probe.uninstall()
+
+
+def test_floor_is_the_window_minimum_and_ignores_sawtooth():
+    floor = FloorTracker(window_s=10)
+    values = []
+    for t in range(100):
+        saw = 100 + (t % 5) * 20  # GC sawtooth: 100..180, floor stays 100
+        values.append(floor.add(float(t), saw))
+    assert set(values[5:]) == {100}
+    assert floor.add(200.0, 500) == 500  # the old minimum left the window
+
+
+def test_thread_count_counts_native_threads():
+    import threading
+
+    before = thread_count()
+    ev = threading.Event()
+    t = threading.Thread(target=ev.wait)
+    t.start()
+    try:
+        assert thread_count() == before + 1
+    finally:
+        ev.set()
+        t.join()

@@ -1,0 +1,231 @@
+"""The task span processor against the real SDK: span attributes, identity, cap, exemplars, faults."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
+
+from otel_leak import names
+from otel_leak.instrumentor import Runtime
+
+
+class Env:
+    def __init__(self, monkeypatch=None, **settings):
+        if monkeypatch is not None:
+            for k, v in settings.items():
+                monkeypatch.setenv(names.ENV_PREFIX + k, v)
+        self.exporter = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        self.tp = TracerProvider()
+        self.tp.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.mp = MeterProvider(metric_readers=[self.reader])
+        self.runtime = Runtime(self.tp, self.mp)
+        self.runtime.sampler.stop()
+        self.tracer = self.tp.get_tracer("test")
+
+    @property
+    def processor(self):
+        return self.runtime.processor
+
+    def spans(self):
+        return {s.name: s for s in self.exporter.get_finished_spans()}
+
+    def collect(self) -> dict[str, list]:
+        """One collection (exemplars belong to the collection that took them), by metric name."""
+        self.processor.flush_metrics()
+        data = self.reader.get_metrics_data()
+        out: dict[str, list] = {}
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out.setdefault(m.name, []).extend(m.data.data_points)
+        return out
+
+    def close(self):
+        self.runtime.shutdown()
+        self.tp.shutdown()
+        self.mp.shutdown()
+
+
+@pytest.fixture
+def env(monkeypatch):
+    e = Env(monkeypatch)
+    yield e
+    e.close()
+
+
+def test_task_span_carries_memory_attributes(env):
+    keep = []
+    with env.tracer.start_as_current_span("run/grow", kind=SpanKind.CONSUMER):
+        keep.append(bytearray(8 * 1024 * 1024))
+    attrs = env.spans()["run/grow"].attributes
+    assert attrs[names.SPAN_TASK_NAME] == "run/grow"
+    # 8 MiB of zero-filled bytearray is touched by calloc? bytearray memsets, so it is resident.
+    assert attrs[names.SPAN_RSS_DELTA] >= 7 * 1024 * 1024
+    assert attrs[names.SPAN_RSS_END] > attrs[names.SPAN_RSS_DELTA]
+    assert attrs[names.SPAN_GC_COLLECTIONS] >= 0
+    assert attrs[names.SPAN_GC_PAUSE] >= 0.0
+
+
+def test_only_local_roots_of_consumer_or_server_kind_are_tasks(env):
+    remote = SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+    with env.tracer.start_as_current_span("internal-root"):
+        with env.tracer.start_as_current_span("child-consumer", kind=SpanKind.CONSUMER):
+            pass
+    with env.tracer.start_as_current_span(
+        "remote-child", kind=SpanKind.SERVER, context=set_span_in_context(NonRecordingSpan(remote))
+    ):
+        pass
+    spans = env.spans()
+    assert names.SPAN_RSS_DELTA not in spans["internal-root"].attributes
+    assert names.SPAN_RSS_DELTA not in spans["child-consumer"].attributes  # local parent: not a task
+    assert names.SPAN_RSS_DELTA in spans["remote-child"].attributes  # remote parent: a task
+
+
+def test_name_patterns_and_kinds_are_configurable(monkeypatch):
+    e = Env(monkeypatch, TASK_SPAN_KINDS="internal", TASK_SPAN_NAMES=r"^job:")
+    try:
+        with e.tracer.start_as_current_span("consumer", kind=SpanKind.CONSUMER):
+            pass
+        with e.tracer.start_as_current_span("internal"):
+            with e.tracer.start_as_current_span("job:nested"):
+                pass
+        spans = e.spans()
+        assert names.SPAN_RSS_DELTA not in spans["consumer"].attributes
+        assert names.SPAN_RSS_DELTA in spans["internal"].attributes
+        assert names.SPAN_RSS_DELTA in spans["job:nested"].attributes
+    finally:
+        e.close()
+
+
+def test_identity_from_celery_attribute_set_after_start(env):
+    with env.tracer.start_as_current_span("run/x", kind=SpanKind.CONSUMER) as span:
+        span.set_attribute("celery.task_name", "app.tasks.resize")
+    assert env.spans()["run/x"].attributes[names.SPAN_TASK_NAME] == "app.tasks.resize"
+
+
+def test_task_identity_cardinality_is_capped(monkeypatch):
+    e = Env(monkeypatch, MAX_TASK_TYPES="3")
+    try:
+        for i in range(10):
+            with e.tracer.start_as_current_span(f"task-{i}", kind=SpanKind.CONSUMER):
+                pass
+        seen = {s.attributes[names.SPAN_TASK_NAME] for s in e.exporter.get_finished_spans()}
+        assert seen == {"task-0", "task-1", "task-2", names.TASK_OVERFLOW}
+        counts = {p.attributes[names.ATTR_TASK_NAME]: p.value for p in e.collect()[names.TASK_COUNT.name]}
+        assert counts == {"task-0": 1, "task-1": 1, "task-2": 1, names.TASK_OVERFLOW: 7}
+    finally:
+        e.close()
+
+
+def test_growth_and_release_histograms_carry_exemplars_of_the_task_trace(env):
+    keep = []
+    # 40 MiB: above glibc's largest dynamic mmap threshold (32 MiB), so free() returns it to the OS.
+    with env.tracer.start_as_current_span("grow", kind=SpanKind.CONSUMER):
+        keep.append(bytearray(40 * 1024 * 1024))
+    with env.tracer.start_as_current_span("shrink", kind=SpanKind.CONSUMER):
+        keep.clear()
+    spans = env.spans()
+    collected = env.collect()
+    growth = collected[names.TASK_MEMORY_GROWTH.name]
+    release = collected[names.TASK_MEMORY_RELEASE.name]
+    (g,) = [p for p in growth if p.attributes[names.ATTR_TASK_NAME] == "grow"]
+    (r,) = [p for p in release if p.attributes[names.ATTR_TASK_NAME] == "shrink"]
+    assert g.sum >= 40 * 1024 * 1024 * 0.9 and r.sum >= 40 * 1024 * 1024 * 0.9  # both non-negative
+    assert g.exemplars and g.exemplars[0].trace_id == spans["grow"].context.trace_id
+    assert g.exemplars[0].span_id == spans["grow"].context.span_id
+    assert r.exemplars and r.exemplars[0].trace_id == spans["shrink"].context.trace_id
+
+
+def test_spans_that_never_end_leave_nothing_behind(env):
+    refs = []
+    for i in range(200):
+        span = env.tracer.start_span(f"never-{i % 3}", kind=SpanKind.CONSUMER)
+        refs.append(weakref.ref(span))
+        del span
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert env.processor.stats.total == 0
+    assert len(env.processor._pending) == 0
+
+
+def test_span_ended_twice_is_measured_once_and_cycle_is_broken(env):
+    span = env.tracer.start_span("twice", kind=SpanKind.CONSUMER)
+    span.end()
+    span.end()
+    assert "end" not in vars(span)  # the wrapper removed itself: no span <-> closure cycle
+    assert env.processor.stats.counts == {"twice": 1}
+    ref = weakref.ref(span)
+    env.exporter.clear()
+    del span
+    assert ref() is None  # freed by refcount alone, no cyclic GC needed
+
+
+def test_span_ended_in_another_thread(env):
+    span = env.tracer.start_span("handoff", kind=SpanKind.CONSUMER)
+    t = threading.Thread(target=span.end)
+    t.start()
+    t.join()
+    assert names.SPAN_RSS_DELTA in env.spans()["handoff"].attributes
+    assert env.processor.stats.counts == {"handoff": 1}
+
+
+def test_a_failing_probe_never_reaches_user_code(env, caplog, monkeypatch):
+    def boom():
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(env.runtime.memory, "rss", boom)
+    results = []
+    for i in range(3):
+        with env.tracer.start_as_current_span("task", kind=SpanKind.CONSUMER):
+            results.append(i)
+    assert results == [0, 1, 2]
+    assert len(env.exporter.get_finished_spans()) == 3
+    warnings = [r for r in caplog.records if "otel-leak" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_suspect_tasks_get_a_span_event(env):
+    env.processor.stats.suspects = {"leaky": {"otel_leak.retained_per_call": 16384}}
+    with env.tracer.start_as_current_span("leaky", kind=SpanKind.CONSUMER):
+        pass
+    with env.tracer.start_as_current_span("fine", kind=SpanKind.CONSUMER):
+        pass
+    spans = env.spans()
+    assert [e.name for e in spans["leaky"].events] == [names.EVENT_LEAK_SUSPECT]
+    assert spans["leaky"].events[0].attributes["otel_leak.retained_per_call"] == 16384
+    assert spans["fine"].events == ()
+
+
+def test_processor_memory_stays_flat_over_many_spans(env):
+    from otel_leak.probes import MemoryProbe
+
+    mem = MemoryProbe()
+
+    def run(n):
+        for i in range(n):
+            with env.tracer.start_as_current_span(f"t{i % 5}", kind=SpanKind.CONSUMER):
+                pass
+            env.exporter.clear()
+        env.processor.flush_metrics()
+
+    run(5_000)  # warm-up: task types, metric streams, allocator pools
+    gc.collect()
+    before = mem.rss()
+    run(100_000)
+    gc.collect()
+    grown = mem.rss() - before
+    # Bound scales: < 1 MiB per million spans means < 100 KiB here; allow page-granularity noise.
+    assert grown < 256 * 1024, f"RSS grew {grown} bytes over 100k task spans"
+    assert len(env.processor._types) == 5
+    assert all(len(d) <= 8 for d in env.processor.stats.recent_traces.values())
