@@ -22,7 +22,7 @@ import pytest
 
 from otel_leak import cli
 from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
-from otel_leak.report.merge import Loaded, RunInfo, read_process_dir, write_json
+from otel_leak.report.merging import Loaded, RunInfo, read_process_dir, write_json
 from otel_leak.report.runner import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_broken_inputs_never_raise_and_degrade_to_inconclusive(tmp_path):
 
 
 def test_merge_failure_gives_inconclusive_not_a_traceback(monkeypatch):
-    import otel_leak.report.merge as m
+    import otel_leak.report.merging as m
 
     def boom(*a, **k):
         raise RuntimeError("kaput")
