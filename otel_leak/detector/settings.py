@@ -72,7 +72,7 @@ TIER2 = setting(
 TIER2_WINDOW = setting(
     "DETECTOR_TIER2_WINDOW",
     "float",
-    1.5,
+    1.0,
     "Longest tracemalloc window in seconds.",
     minimum=0.1,
     maximum=600,

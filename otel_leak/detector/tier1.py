@@ -47,17 +47,20 @@ class Window:
     t1: float = 0.0
     samples: int = 0
     rss_min: int = 0
-    rss_max: int = 0
     heap_min: int = 0
+    used_min: int | None = None  # malloc in-use bytes (glibc), when the allocator tells
     tasks: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     contaminated: bool = False
-    level: float = 0.0  # floor level after dropping contaminated increments
+    # Levels: cumulative floor increments, dropping the increments tier 2 contaminated.
+    level: float = 0.0
     heap_level: float = 0.0
+    used_level: float = 0.0
 
 
 @dataclass
 class Trend:
+    signal: str = "rss"
     windows: int = 0
     tau: float = 0.0
     z: float = 0.0
@@ -73,6 +76,7 @@ class Trend:
 
     def as_dict(self) -> dict:
         return {
+            "signal": self.signal,
             "windows": self.windows,
             "tau": round(self.tau, 3),
             "z": round(self.z, 2),
@@ -114,18 +118,20 @@ class Tier1:
         self.min_growth = min_growth
         self.rel_growth = rel_growth
         self.windows: collections.deque[Window] = collections.deque(maxlen=MAX_WINDOWS)
-        self.increments: collections.deque[tuple[float, int, int, dict[str, int], bool]] = collections.deque(
-            maxlen=MAX_INCREMENTS
-        )
+        # (dt, d_rss, d_heap_blocks, d_used or None, task-count deltas, contaminated)
+        self.increments: collections.deque[tuple] = collections.deque(maxlen=MAX_INCREMENTS)
         self.cur: Window | None = None
         self.prev = None  # previous sample
+        self.prev_used: int | None = None
         self.start_t: float | None = None
         self.closed = 0  # windows closed so far (including dropped ones)
-        self.trend = Trend()
+        self.trend = Trend()  # the trend of the signal that matters most right now
+        self.trends: dict[str, Trend] = {}
         self.candidate_streak = 0
         self.declared = False
         self.declared_t: float | None = None
         self.declared_tasks: int | None = None
+        self.declared_signal: str | None = None
         self.contaminate_until = -math.inf
         self.contaminating = False
         self.tasks_total = 0
@@ -139,13 +145,15 @@ class Tier1:
         if active and self.cur is not None:
             self.cur.contaminated = True
 
-    def add(self, s) -> bool:
-        """Feed one sample; returns True when a window closed (and the trend was re-evaluated)."""
+    def add(self, s, used: int | None = None) -> bool:
+        """Feed one sample (and the allocator's in-use bytes, if known); True when a window closed."""
         t = s.t
         if self.start_t is None:
             self.start_t = t
         prev = self.prev
+        prev_used = self.prev_used
         self.prev = s
+        self.prev_used = used
         self.tasks_total = s.tasks_total
         dirty = self.contaminating or t <= self.contaminate_until
         dcounts: dict[str, int] = {}
@@ -156,18 +164,21 @@ class Tier1:
                 if d > 0:
                     dcounts[k] = d
             dirty_inc = dirty or (prev.t <= self.contaminate_until)
-            self.increments.append((t - prev.t, s.rss - prev.rss, s.heap_blocks - prev.heap_blocks, dcounts, dirty_inc))
+            du = (used - prev_used) if (used is not None and prev_used is not None) else None
+            self.increments.append(
+                (t - prev.t, s.rss - prev.rss, s.heap_blocks - prev.heap_blocks, du, dcounts, dirty_inc)
+            )
         w = self.cur
         if w is None:
-            w = self.cur = Window(t0=t, rss_min=s.rss, rss_max=s.rss, heap_min=s.heap_blocks)
+            w = self.cur = Window(t0=t, rss_min=s.rss, heap_min=s.heap_blocks, used_min=used)
         w.t1 = t
         w.samples += 1
         if s.rss < w.rss_min:
             w.rss_min = s.rss
-        if s.rss > w.rss_max:
-            w.rss_max = s.rss
         if s.heap_blocks < w.heap_min:
             w.heap_min = s.heap_blocks
+        if used is not None and (w.used_min is None or used < w.used_min):
+            w.used_min = used
         for k, d in dcounts.items():
             w.counts[k] = w.counts.get(k, 0) + d
             w.tasks += d
@@ -185,15 +196,24 @@ class Tier1:
             return  # the first window is start-up (imports, first-task allocations): never part of a trend
         last = self.windows[-1] if self.windows else None
         if last is None:
-            w.level, w.heap_level = 0.0, 0.0
+            pass
         elif w.contaminated or last.contaminated:
-            w.level, w.heap_level = last.level, last.heap_level
+            w.level, w.heap_level, w.used_level = last.level, last.heap_level, last.used_level
         else:
             w.level = last.level + (w.rss_min - last.rss_min)
             w.heap_level = last.heap_level + (w.heap_min - last.heap_min)
+            if w.used_min is not None and last.used_min is not None:
+                w.used_level = last.used_level + (w.used_min - last.used_min)
+            else:
+                w.used_level = last.used_level
         self.windows.append(w)
-        self.trend = self.evaluate()
-        if self.trend.candidate:
+        self.trends = {"rss": self.evaluate("rss")}
+        if w.used_min is not None:
+            self.trends["used"] = self.evaluate("used")
+        cands = [tr for tr in self.trends.values() if tr.candidate]
+        # The trend shown: a candidate if any (resident memory first), else resident memory.
+        self.trend = cands[0] if cands else self.trends["rss"]
+        if cands:
             self.candidate_streak += 1
         else:
             self.candidate_streak = 0
@@ -201,16 +221,17 @@ class Tier1:
             self.declared = True
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
+            self.declared_signal = self.trend.signal
 
     # ------------------------------------------------------------------ trend
-    def evaluate(self) -> Trend:
+    def evaluate(self, signal: str = "rss") -> Trend:
         ws = list(self.windows)[-TREND_WINDOWS:]
-        tr = Trend(windows=len(self.windows))
+        tr = Trend(signal=signal, windows=len(self.windows))
         if len(ws) < 3:
             tr.reasons.append("too few windows")
             return tr
         ts = [(w.t0 + w.t1) / 2 for w in ws]
-        ys = [w.level for w in ws]
+        ys = [w.level for w in ws] if signal == "rss" else [w.used_level for w in ws]
         hs = [w.heap_level for w in ws]
         tr.tau, tr.z = robust.mann_kendall(ys, tol=PAGE)
         tr.slope = robust.theil_sen(ts, ys)
@@ -258,11 +279,11 @@ class Tier1:
 
     def attribute(self, use_heap: bool = False) -> list[Attribution]:
         """Robust regression of per-sample growth on per-sample task counts, most to blame first."""
-        rows = [inc for inc in self.increments if not inc[4] and inc[3]]
-        return regress(
-            [inc[3] for inc in rows],
-            [float(inc[2] if use_heap else inc[1]) for inc in rows],
-        )
+        rows = [inc for inc in self.increments if not inc[5] and inc[4]]
+        with_used = [inc for inc in rows if inc[3] is not None]
+        if len(with_used) >= 0.8 * len(rows) and not use_heap:
+            return regress([inc[4] for inc in with_used], [float(inc[3]) for inc in with_used])
+        return regress([inc[4] for inc in rows], [float(inc[2] if use_heap else inc[1]) for inc in rows])
 
 
 def regress(counts: list[dict[str, int]], growth: list[float], min_t: float = 2.0) -> list[Attribution]:

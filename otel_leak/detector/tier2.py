@@ -52,6 +52,14 @@ def _stdlib_prefixes() -> tuple[str, ...]:
 _STDLIB = _stdlib_prefixes()
 
 
+_OWN = (os.sep + "otel_leak" + os.sep + "detector" + os.sep, os.sep + "otel_leak" + os.sep + "sampler.py")
+
+
+def ours(tb) -> bool:
+    """Allocated by otel-leak's own threads (sampler, tier 2), not by the worker."""
+    return any(any(o in fr.filename for o in _OWN) for fr in tb)
+
+
 def skipped(filename: str) -> bool:
     return any(s in filename for s in _SKIP_ALWAYS)
 
@@ -214,6 +222,8 @@ def _sites(mid, end, top: int = 10) -> list[dict]:
         grew = d is not None and d.size_diff > 0 and d.count_diff > 0
         if mid is not None and not grew:
             continue
+        if ours(tb):
+            continue
         site = site_frame(tb)
         if site is None:
             continue
@@ -226,7 +236,10 @@ def _sites(mid, end, top: int = 10) -> list[dict]:
         g["growth_bytes"] += d.size_diff if d is not None else st.size
         if st.size > g["_best"][0]:
             g["_best"] = (st.size, tb)
-    out = sorted(groups.values(), key=lambda g: -g["growth_bytes"])[:top]
+    out = sorted(groups.values(), key=lambda g: -g["growth_bytes"])
+    if out:
+        floor = max(1024, 0.02 * out[0]["growth_bytes"])
+        out = [g for g in out if g["growth_bytes"] >= floor][:top]
     for g in out:
         tb = g.pop("_best")[1]
         g["traceback"] = [

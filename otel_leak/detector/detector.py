@@ -1,0 +1,566 @@
+"""The embedded detector: tier 1 on every sample, tier 2/3 on suspicion, outputs through OpenTelemetry.
+
+Runs on the sampler's thread (a listener) plus one short-lived thread per tier-2 window. Nothing here raises
+into the worker: every entry point catches, and an internal failure turns the verdict into
+``inconclusive`` (with the error in the report) instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+from otel_leak import config, names
+from otel_leak.detector import settings as S
+from otel_leak.detector import tier2 as T2
+from otel_leak.detector.report import SCHEMA, write_atomic
+from otel_leak.detector.tier1 import Tier1
+
+_log = logging.getLogger("otel_leak")
+_diag_log = logging.getLogger(names.LOG_DIAGNOSIS)
+
+MAX_SERIES = 600
+MAX_EVENTS = 64
+MAX_SUSPECTS = 5
+
+
+class _Series:
+    """Downsampled bounded series: when full, every other point goes and the stride doubles."""
+
+    def __init__(self, cap: int = MAX_SERIES) -> None:
+        self.cap = cap
+        self.cols = {"t_s": [], "rss": [], "floor": [], "heap_blocks": []}
+        self.stride = 1
+        self.n = 0
+
+    def add(self, t_s: float, rss: int, floor: int, heap: int) -> None:
+        self.n += 1
+        if (self.n - 1) % self.stride:
+            return
+        c = self.cols
+        c["t_s"].append(round(t_s, 3))
+        c["rss"].append(rss)
+        c["floor"].append(floor)
+        c["heap_blocks"].append(heap)
+        if len(c["t_s"]) >= self.cap:
+            for k in c:
+                c[k] = c[k][::2]
+            self.stride *= 2
+
+    def as_dict(self) -> dict:
+        return {k: list(v) for k, v in self.cols.items()}
+
+
+class Detector:
+    def __init__(self, stats=None, sampler=None, meter=None, logger_provider=None, environ=None) -> None:
+        env = environ
+        self.stats = stats
+        self.sampler = sampler
+        self.report_dir = config.get(S.REPORT_DIR, env) or ""
+        self.report_interval = config.get(S.REPORT_INTERVAL, env)
+        self.tier2_enabled = config.get(S.TIER2, env)
+        self.tier2_window = config.get(S.TIER2_WINDOW, env)
+        self.tier2_share = config.get(S.TIER2_SHARE, env)
+        self.tier2_frames = int(config.get(S.TIER2_FRAMES, env))
+        self.tier3_enabled = config.get(S.TIER3, env)
+        self.tier3_budget = config.get(S.TIER3_BUDGET, env)
+        self._t1_kwargs = dict(
+            min_samples=int(config.get(S.MIN_WINDOW_SAMPLES, env)),
+            min_tasks=int(config.get(S.MIN_WINDOW_TASKS, env)),
+            idle_window=config.get(S.IDLE_WINDOW, env),
+            min_windows=int(config.get(S.MIN_WINDOWS, env)),
+            min_growth=int(config.get(S.MIN_GROWTH, env)),
+        )
+        self._lock = threading.RLock()
+        self._reset()
+        self._stopped = False
+        self._gauges = []
+        if meter is not None:
+            self._make_gauges(meter)
+        self._add_log_handler(logger_provider)
+        if sampler is not None:
+            sampler.add_listener(self.on_sample)
+        atexit.register(self._at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    # ------------------------------------------------------------------ state
+    def _reset(self) -> None:
+        self.pid = os.getpid()
+        self.start_unix = time.time()
+        self.start_t: float | None = None
+        self.last = None
+        self.first_rss: int | None = None
+        self.tier1 = Tier1(**self._t1_kwargs)
+        self.series = _Series()
+        self.recent_rss: collections.deque[int] = collections.deque(maxlen=5)
+        self.events: collections.deque[dict] = collections.deque(maxlen=MAX_EVENTS)
+        self.error: str | None = None
+        self.verdict = "inconclusive"
+        self.detected_at_s: float | None = None
+        self.detected_at_tasks: int | None = None
+        self.suspects: list[dict] = []
+        self.sites: list[dict] = []
+        self.retention: list[dict] = []
+        self.kind: str | None = None
+        self.allocator: dict | None = None
+        self.tier2_runs: list[dict] = []
+        self.tier2_time = 0.0
+        self.tier2_thread: T2.Tier2Thread | None = None
+        self.tier2_started_by_us = False
+        self.last_tier2_end = -1e18
+        self._mi_off = False
+        self._mi_next = -1e18
+        self.malloc_windows: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=64)
+        self.last_write = -1e18
+        self.write_error_logged = False
+        self._t1_attr = []
+
+    def _after_fork(self) -> None:
+        try:
+            self._lock = threading.RLock()
+            th = self.tier2_thread
+            if th is not None and not getattr(th, "user_tracing", True):
+                import tracemalloc
+
+                if tracemalloc.is_tracing():
+                    tracemalloc.stop()
+            self._reset()
+        except Exception as exc:  # pragma: no cover
+            self.error = f"after fork: {exc}"
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{where}: {type(exc).__name__}: {exc}"
+            _log.warning("otel-leak: detector error in %s (%s); verdict is inconclusive", where, self.error)
+            self._event("error", detail=self.error)
+        self.verdict = "inconclusive"
+
+    def _event(self, kind: str, **detail) -> None:
+        t = (self.last.t - self.start_t) if (self.last is not None and self.start_t is not None) else 0.0
+        ev = {"t_s": round(t, 3), "kind": kind}
+        ev.update(detail)
+        self.events.append(ev)
+
+    # ------------------------------------------------------------------ sampling
+    def on_sample(self, s) -> None:
+        """Sampler listener: never raises."""
+        try:
+            with self._lock:
+                if self.error is None and not self._stopped:
+                    self._on_sample(s)
+        except Exception as exc:
+            self._fail("tier 1", exc)
+        try:
+            if self.report_dir and s.t - self.last_write >= self.report_interval:
+                self.last_write = s.t
+                self.write_report()
+        except Exception:
+            pass
+
+    def _on_sample(self, s) -> None:
+        if self.start_t is None:
+            self.start_t = s.t
+            self.first_rss = s.rss
+        self.last = s
+        self.recent_rss.append(s.rss)
+        self.series.add(s.t - self.start_t, s.rss, min(self.recent_rss), s.heap_blocks)
+        t1 = self.tier1
+        was = t1.declared
+        mi = self._malloc(s.t)
+        if t1.add(s, mi[0] if mi is not None else None):
+            if mi is not None:
+                self.malloc_windows.append((s.t, mi[0], mi[1]))
+            if t1.trend.candidate and not was and not t1.declared:
+                self._event("suspicion", trend=t1.trend.as_dict())
+        if t1.declared and not was:
+            self._declare(s)
+        if self.verdict != "leak":
+            self.verdict = "no_leak" if len(t1.windows) >= t1.min_windows else "inconclusive"
+        if t1.declared and self.tier2_enabled and self.tier2_thread is None:
+            self._maybe_tier2(s)
+
+    def _malloc(self, now: float):
+        """glibc in-use/free bytes, at most every few seconds when the allocator is slow to walk."""
+        if self._mi_off or now < self._mi_next:
+            return None
+        t0 = time.perf_counter()
+        mi = T2.malloc_info()
+        cost = time.perf_counter() - t0
+        if mi is None:
+            self._mi_off = True
+            return None
+        # Keep the walk of the allocator's free lists under ~0.2 % of the time.
+        self._mi_next = now + (cost * 500 if cost > 0.002 else 0.0)
+        return mi
+
+    def _declare(self, s) -> None:
+        t1 = self.tier1
+        self.verdict = "leak"
+        self.detected_at_s = round(t1.declared_t - self.start_t, 3)
+        self.detected_at_tasks = t1.declared_tasks
+        self._t1_attr = t1.attribute()
+        self.kind = self._kind_tier1()
+        self._event("leak_declared", trend=t1.trend.as_dict(), tasks=t1.declared_tasks)
+        self._update_suspects()
+        self._emit_log()
+
+    # ------------------------------------------------------------------ tier 2
+    def _maybe_tier2(self, s) -> None:
+        age = s.t - self.start_t
+        w = self.tier2_window
+        first = not self.tier2_runs
+        if not first:
+            # Later windows refine the diagnosis, within the run-time share and not too close together.
+            if self.tier2_time + w > self.tier2_share * age or s.t - self.last_tier2_end < 10 * w:
+                return
+            if len(self.tier2_runs) >= 8:
+                return
+        self.tier1.contaminate(True)
+        self._event("tier2_start", window_s=w)
+        th = T2.Tier2Thread(
+            self.stats,
+            self._tier2_done,
+            window=w,
+            frames=self.tier2_frames,
+            tier3=self.tier3_enabled and first,
+            tier3_budget=self.tier3_budget,
+        )
+        import tracemalloc
+
+        th.user_tracing = tracemalloc.is_tracing()
+        self.tier2_thread = th
+        th.start()
+
+    def _tier2_done(self, res: T2.Tier2Result) -> None:
+        try:
+            with self._lock:
+                if self.tier2_thread is None:
+                    return  # forked or stopped meanwhile
+                self.tier2_thread = None
+                now = time.monotonic()
+                self.last_tier2_end = now
+                # tracemalloc's own memory and the allocator's reaction to it: keep it out of the trend.
+                self.tier1.contaminate(False, until=now + 2 * max(1.0, self.sampler.interval if self.sampler else 1.0))
+                self.tier2_time += res.duration
+                run = {
+                    "t_s": round(res.started_t - self.start_t, 3) if self.start_t else 0.0,
+                    "duration_s": round(res.duration, 3),
+                    "tasks": res.tasks,
+                    "python_growth_bytes_per_s": round(res.python_growth_per_s, 1),
+                    "python_growth_bytes_per_task": None if res.python_growth_per_task is None else round(res.python_growth_per_task, 1),
+                    "error": res.error,
+                }
+                self.tier2_runs.append(run)
+                if len(self.tier2_runs) > 16:
+                    del self.tier2_runs[1:2]
+                self._event("tier2_end", **{k: v for k, v in run.items() if k != "t_s"})
+                if res.error is None:
+                    self._tier2_res = res
+                    self.kind = self._kind_tier2(res)
+                    if res.sites:
+                        self.sites = res.sites
+                    if res.retention_paths:
+                        self.retention = res.retention_paths
+                    self._update_suspects()
+                    self._emit_log()
+        except Exception as exc:
+            self._fail("tier 2", exc)
+
+    # ------------------------------------------------------------------ diagnosis
+    def _task_rate(self) -> float:
+        ws = list(self.tier1.windows)[-8:]
+        if len(ws) < 2:
+            return 0.0
+        span = ws[-1].t1 - ws[0].t0
+        return sum(w.tasks for w in ws) / span if span > 0 else 0.0
+
+    def _kind_tier1(self) -> str | None:
+        tr = self.tier1.trend
+        self.allocator = self._allocator_trend()
+        if tr.heap_tau >= 0.6 and tr.heap_slope > 0:
+            return "python_heap"
+        return "native_or_fragmentation"
+
+    def _allocator_trend(self) -> dict | None:
+        mw = list(self.malloc_windows)
+        if len(mw) < 3:
+            return None
+        from otel_leak.detector.robust import theil_sen
+
+        ts = [m[0] for m in mw]
+        used = theil_sen(ts, [m[1] for m in mw])
+        free = theil_sen(ts, [m[2] for m in mw])
+        slope = self.tier1.trend.slope or 1.0
+        if used > 0.5 * slope:
+            detail = "native_in_use"
+        elif free > 0.5 * slope:
+            detail = "allocator_free_retained"
+        else:
+            detail = "outside_malloc"
+        return {
+            "allocator": "glibc",
+            "in_use_slope_bytes_per_s": round(used, 1),
+            "free_slope_bytes_per_s": round(free, 1),
+            "explains": detail,
+        }
+
+    def _kind_tier2(self, res: T2.Tier2Result) -> str | None:
+        self.allocator = self._allocator_trend()
+        rate = self._task_rate()
+        rss_slope = self.tier1.trend.slope
+        if rss_slope <= 0:
+            return self.kind
+        if res.python_growth_per_task is not None and rate > 0:
+            ratio = res.python_growth_per_task / (rss_slope / rate)
+        else:
+            ratio = res.python_growth_per_s / rss_slope
+        if ratio >= 0.5:
+            return "python_heap"
+        if ratio <= 0.2:
+            return "native_or_fragmentation"
+        return "mixed"
+
+    def _update_suspects(self) -> None:
+        t1 = {a.task: a for a in self._t1_attr}
+        res = getattr(self, "_tier2_res", None)
+        t2 = {a.task: a for a in (res.attribution if res is not None else [])}
+        w2 = 2.0 if self.kind in ("python_heap", "mixed") else 0.3
+        scores = {}
+        for k in set(t1) | set(t2):
+            a1, a2 = t1.get(k), t2.get(k)
+            scores[k] = (a1.share * (0.5 + a1.confidence) if a1 else 0.0) + (
+                w2 * a2.share * (0.5 + a2.confidence) if a2 else 0.0
+            )
+        total = sum(scores.values())
+        out = []
+        counts = dict(self.stats.counts) if self.stats is not None else {}
+        for k, sc in sorted(scores.items(), key=lambda kv: -kv[1]):
+            if total <= 0 or sc / total < 0.15 or len(out) >= MAX_SUSPECTS:
+                continue
+            a1, a2 = t1.get(k), t2.get(k)
+            if a2 is not None and self.kind in ("python_heap", "mixed"):
+                per_call = a2.bytes_per_call
+            else:
+                per_call = a1.bytes_per_call if a1 else a2.bytes_per_call
+            conf = max(a.confidence for a in (a1, a2) if a is not None)
+            conf = min(0.99, conf * 0.5 + 0.5 * (sc / total))
+            out.append({
+                "task": k,
+                "retained_bytes_per_call": round(per_call, 1),
+                "calls": int(counts.get(k, a1.calls if a1 else a2.calls)),
+                "confidence": round(conf, 3),
+                "trace_ids": self._trace_ids(k),
+                "source": "tier2" if a2 is not None else "tier1",
+            })
+        self.suspects = out
+        if self.stats is not None:
+            ev = {}
+            for s in out:
+                ev[s["task"]] = {
+                    names.ATTR_TASK_NAME: s["task"],
+                    names.ATTR_DETECTOR_VERDICT: "leak",
+                    "otel_leak.leak.retained_bytes_per_call": float(s["retained_bytes_per_call"]),
+                    "otel_leak.leak.confidence": float(s["confidence"]),
+                    "otel_leak.leak.kind": self.kind or "unknown",
+                }
+                if self.sites:
+                    ev[s["task"]]["otel_leak.leak.site"] = f"{self.sites[0]['file']}:{self.sites[0]['line']}"
+            self.stats.suspects = ev
+
+    def _trace_ids(self, task: str) -> list[str]:
+        st = self.stats
+        try:
+            if st is not None and hasattr(st, "trace_ids"):
+                return [t for t in st.trace_ids(task) if isinstance(t, str) and len(t) == 32][-5:]
+        except Exception:
+            pass
+        return []
+
+    def diagnosis(self) -> dict:
+        tr = self.tier1.trend
+        return {
+            "verdict": self.verdict,
+            "confidence": self.confidence(),
+            "kind": self.kind,
+            "floor_slope_bytes_per_s": round(tr.slope, 1),
+            "detected_at_s": self.detected_at_s,
+            "suspects": self.suspects,
+            "allocation_sites": [{k: v for k, v in s.items() if k != "traceback"} for s in self.sites[:3]],
+            "retention_paths": [p.get("text") for p in self.retention],
+            "allocator": self.allocator,
+            "pid": self.pid,
+        }
+
+    def _emit_log(self) -> None:
+        try:
+            d = self.diagnosis()
+            top = self.suspects[0] if self.suspects else None
+            site = self.sites[0] if self.sites else None
+            msg = "otel-leak: memory leak (%s, confidence %.2f, floor +%.0f B/s)" % (
+                d["kind"], d["confidence"], d["floor_slope_bytes_per_s"])
+            if top:
+                msg += "; task %r retains ~%.0f B/call" % (top["task"], top["retained_bytes_per_call"])
+            if site:
+                msg += "; top site %s:%s" % (site["file"], site["line"])
+            extra = {
+                names.LOG_DIAGNOSIS: json.dumps(d, default=str),
+                names.ATTR_DETECTOR_VERDICT: self.verdict,
+            }
+            if top:
+                extra[names.ATTR_TASK_NAME] = top["task"]
+            _diag_log.warning(msg, extra=extra)
+        except Exception:
+            pass
+
+    def _add_log_handler(self, logger_provider) -> None:
+        if logger_provider is None or not hasattr(logger_provider, "add_log_record_processor"):
+            return
+        try:
+            from opentelemetry.sdk._logs import LoggingHandler
+
+            def has(lg):
+                return any(isinstance(h, LoggingHandler) for h in lg.handlers)
+
+            if has(logging.getLogger()) or has(_diag_log) or has(logging.getLogger("otel_leak")):
+                return
+            _diag_log.addHandler(LoggingHandler(logger_provider=logger_provider))
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ outputs
+    def confidence(self) -> float:
+        if self.error is not None:
+            return 0.0
+        c = self.tier1.confidence()
+        if self.verdict == "leak" and self.sites and self.kind == "python_heap":
+            c = min(0.99, c + 0.05)
+        if self.verdict == "inconclusive":
+            c = min(c, 0.5)
+        return float(c)
+
+    def _make_gauges(self, meter) -> None:
+        from opentelemetry.metrics import Observation
+
+        def verdict_cb(options):
+            out = [Observation(1 if self.verdict == "leak" else 0, {})]
+            out += [Observation(1, {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+            return out
+
+        def conf_cb(options):
+            out = [Observation(self.confidence(), {names.ATTR_DETECTOR_VERDICT: self.verdict})]
+            out += [Observation(s["confidence"], {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+            return out
+
+        def retained_cb(options):
+            return [Observation(s["retained_bytes_per_call"], {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+
+        def slope_cb(options):
+            return [Observation(self.tier1.trend.slope, {})] if self.tier1.windows else []
+
+        for metric, cb in (
+            (names.DETECTOR_VERDICT, verdict_cb),
+            (names.DETECTOR_CONFIDENCE, conf_cb),
+            (names.DETECTOR_RETAINED_PER_CALL, retained_cb),
+            (names.DETECTOR_FLOOR_SLOPE, slope_cb),
+        ):
+            def safe(options, cb=cb):
+                try:
+                    return cb(options)
+                except Exception:
+                    return []
+
+            self._gauges.append(
+                meter.create_observable_gauge(metric.name, callbacks=[safe], unit=metric.unit, description=metric.description)
+            )
+
+    def report(self, final: bool = False) -> dict:
+        with self._lock:
+            last = self.last
+            t1 = self.tier1
+            dur = (last.t - self.start_t) if last is not None and self.start_t is not None else 0.0
+            verdict = self.verdict if self.error is None else "inconclusive"
+            tier2_share = self.tier2_time / dur if dur > 0 else 0.0
+            counts = dict(self.stats.counts) if self.stats is not None else (dict(last.task_counts) if last else {})
+            return {
+                "schema": SCHEMA,
+                "verdict": verdict,
+                "confidence": self.confidence(),
+                "detected_at_s": self.detected_at_s,
+                "detected_at_tasks": self.detected_at_tasks,
+                "duration_s": round(max(0.0, dur), 3),
+                "tasks_observed": int(last.tasks_total) if last is not None else 0,
+                "memory": {
+                    "kind": self.kind if verdict == "leak" else None,
+                    "rss_start_bytes": self.first_rss,
+                    "rss_end_bytes": last.rss if last is not None else None,
+                    "floor_slope_bytes_per_s": round(t1.trend.slope, 1) if t1.windows else None,
+                    "allocator": self.allocator,
+                },
+                "suspects": list(self.suspects) if verdict == "leak" else [],
+                "allocation_sites": list(self.sites),
+                "retention_paths": list(self.retention),
+                "pid": self.pid,
+                "ppid": os.getppid(),
+                "argv": [str(a) for a in sys.argv],
+                "start_unix": self.start_unix,
+                "updated_unix": time.time(),
+                "final": final,
+                "error": self.error,
+                "task_counts": {str(k): int(v) for k, v in counts.items()},
+                "trend": t1.trend.as_dict(),
+                "tier2": {
+                    "seconds": round(self.tier2_time, 3),
+                    "share": round(tier2_share, 4),
+                    "runs": list(self.tier2_runs),
+                },
+                "series": self.series.as_dict(),
+                "events": list(self.events),
+            }
+
+    def write_report(self, final: bool = False) -> str | None:
+        if not self.report_dir:
+            return None
+        path = os.path.join(self.report_dir, f"{os.getpid()}.json")
+        try:
+            write_atomic(path, self.report(final=final))
+            return path
+        except Exception as exc:
+            if not self.write_error_logged:
+                self.write_error_logged = True
+                _log.warning("otel-leak: cannot write the report %s (%s)", path, exc)
+            return None
+
+    def _at_exit(self) -> None:
+        try:
+            if os.getpid() != self.pid:
+                return
+            th = self.tier2_thread
+            if th is not None:
+                th.stop_event.set()
+                th.join(timeout=2.0)
+            if self.sampler is not None and not self._stopped:
+                s = self.sampler.sample()
+                if s is not None:
+                    with self._lock:
+                        if self.error is None:
+                            self._on_sample(s)
+            self.write_report(final=True)
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        """Detach: stop listening, end a running tier-2 window, write the final report."""
+        try:
+            if self.sampler is not None:
+                self.sampler.remove_listener(self.on_sample)
+            self._at_exit()
+            self._stopped = True
+        except Exception:
+            pass
