@@ -1,7 +1,7 @@
 """Merged reports: read per-process detector files, merge them into ``otel-leak/report/v1``, validate,
 print and render them (``otel-leak run`` / ``otel-leak report``)."""
 
-from otel_leak.report.merge import RunInfo, merge, merge_dir, read_process_dir, write_json
+from otel_leak.report.merging import RunInfo, merge, merge_dir, read_process_dir, write_json
 from otel_leak.report.schema import (
     PROCESS_SCHEMA,
     REPORT_SCHEMA,

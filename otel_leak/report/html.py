@@ -65,10 +65,7 @@ def _style_axes(ax) -> None:
     ax.set_axisbelow(True)
 
 
-def _mib_formatter():
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda v, _pos: f"{v / 1048576:.0f}" if abs(v) >= 10 * 1048576 else f"{v / 1048576:.1f}")
+MIB = 1048576.0
 
 
 def memory_chart(report: dict) -> str | None:
@@ -96,15 +93,24 @@ def memory_chart(report: dict) -> str | None:
         color = "#dc2626" if p.get("verdict") == "leak" else PALETTE[idx % len(PALETTE)]
         rss = s.get("rss")
         floor = s.get("floor")
+        seen: list[float] = []
         if rss:
-            pts = [(a, b) for a, b in zip(t, rss) if a is not None and b is not None]
+            pts = [(a, b / MIB) for a, b in zip(t, rss) if a is not None and b is not None]
             if pts:
-                ax.plot([a for a, _ in pts], [b for _, b in pts], color=color, alpha=0.35, linewidth=1.0, label="RSS")
-                ax.fill_between([a for a, _ in pts], [b for _, b in pts], color=color, alpha=0.05, linewidth=0)
+                xs, ys = [a for a, _ in pts], [b for _, b in pts]
+                ax.plot(xs, ys, color=color, alpha=0.45, linewidth=1.0, label="RSS")
+                seen += ys
         if floor:
-            pts = [(a, b) for a, b in zip(t, floor) if a is not None and b is not None]
+            pts = [(a, b / MIB) for a, b in zip(t, floor) if a is not None and b is not None]
             if pts:
-                ax.plot([a for a, _ in pts], [b for _, b in pts], color=color, linewidth=2.2, label="floor")
+                xs, ys = [a for a, _ in pts], [b for _, b in pts]
+                ax.plot(xs, ys, color=color, linewidth=2.4, label="floor")
+                ax.fill_between(xs, ys, 0, color=color, alpha=0.06, linewidth=0)
+                seen += ys
+        if seen:
+            lo, hi = min(seen), max(seen)
+            span = max(hi - lo, 0.12 * hi, 1.0)
+            ax.set_ylim(max(0.0, lo - 0.25 * span), hi + 0.2 * span)
         det = p.get("detected_at_s")
         if p.get("verdict") == "leak" and is_num(det):
             x = det + off
@@ -124,8 +130,6 @@ def memory_chart(report: dict) -> str | None:
             et = ev.get("t_s")
             if is_num(et) and "tier2" in name and "start" in name:
                 ax.axvspan(et + off, et + off + 0.001, color="#7c3aed", alpha=0.5)
-        ax.yaxis.set_major_formatter(_mib_formatter())
-        ax.set_ylim(bottom=0)
         verdict = (p.get("verdict") or "").replace("_", " ")
         role = p.get("role") or ""
         ax.set_title(f"pid {p.get('pid')} · {role} · {verdict}", fontsize=9.5, loc="left", color="#0f172a")
@@ -143,11 +147,14 @@ def memory_chart(report: dict) -> str | None:
 def task_bars(report: dict) -> tuple[str | None, str]:
     """Horizontal bars of retained bytes per call by task type. Returns (svg, caption)."""
     mpl = _mpl()
-    rows: list[tuple[str, float, int, bool]] = []
+    rows: list[tuple[str, float, int, bool, float]] = []
     suspects = {s["task"]: s for s in report.get("suspects") or [] if isinstance(s, dict) and s.get("task")}
     for s in suspects.values():
         if is_num(s.get("retained_bytes_per_call")):
-            rows.append((s["task"], float(s["retained_bytes_per_call"]), int(s.get("calls") or 0), True))
+            rows.append(
+                (s["task"], float(s["retained_bytes_per_call"]), int(s.get("calls") or 0), True,
+                 float(s.get("confidence") or 0))
+            )
     # estimates for other task types, when the detector publishes them per process
     est: dict[str, list[tuple[float, int]]] = {}
     for p in report.get("processes") or []:
@@ -156,12 +163,12 @@ def task_bars(report: dict) -> tuple[str | None, str]:
                 est.setdefault(item[0], []).append((item[1], item[2]))
     for task, vals in est.items():
         w = sum(max(1, c) for _, c in vals)
-        rows.append((task, sum(v * max(1, c) for v, c in vals) / w, sum(c for _, c in vals), False))
+        rows.append((task, sum(v * max(1, c) for v, c in vals) / w, sum(c for _, c in vals), False, 0.0))
     if not rows:
         return None, ""
     rows.sort(key=lambda r: r[1], reverse=True)
     rows = rows[:12]
-    caption = "Retained bytes per call, by task type (suspects in red)"
+    caption = "Retained bytes per call, by task type (suspects in red, pale when confidence < 0.5)"
     if mpl is None:
         return None, caption
     Figure, Canvas = mpl
@@ -172,23 +179,23 @@ def task_bars(report: dict) -> tuple[str | None, str]:
     ax.grid(True, axis="x")
     ax.grid(False, axis="y")
     labels = [short_path(r[0], 48) for r in rows][::-1]
-    values = [max(0.0, r[1]) for r in rows][::-1]
-    colors = ["#dc2626" if r[3] else "#94a3b8" for r in rows][::-1]
+    top = max((max(0.0, r[1]) for r in rows), default=0.0)
+    scale, unit = next(((f, u) for f, u in ((MIB, "MiB"), (1024.0, "KiB")) if top >= f), (1.0, "B"))
+    values = [max(0.0, r[1]) / scale for r in rows][::-1]
+    colors = [("#dc2626" if r[4] >= 0.5 else "#fca5a5") if r[3] else "#94a3b8" for r in rows][::-1]
     bars = ax.barh(labels, values, color=colors, height=0.6)
-    top = max(values) if values else 1
+    vmax = max(values) if values else 1.0
     for bar, r in zip(bars, rows[::-1]):
         ax.text(
-            bar.get_width() + top * 0.01,
+            bar.get_width() + vmax * 0.01,
             bar.get_y() + bar.get_height() / 2,
             f"{bytes_h(r[1])}/call · {r[2]:,} calls",
             va="center",
             fontsize=8,
             color="#334155",
         )
-    ax.set_xlim(0, top * 1.35 if top > 0 else 1)
-    from matplotlib.ticker import FuncFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: bytes_h(v)))
+    ax.set_xlim(0, vmax * 1.35 if vmax > 0 else 1)
+    ax.set_xlabel(f"{unit} retained per call", fontsize=8, color="#475569")
     ax.tick_params(axis="y", labelsize=9)
     fig.tight_layout(pad=0.6)
     return _svg(fig, Canvas), caption

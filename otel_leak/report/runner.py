@@ -11,7 +11,7 @@ and the working directory first on ``PYTHONPATH``), plus:
   configured by the user, so nothing tries to reach a collector that is not there.
 
 While it runs, a one-line status (RSS of the whole process tree, tasks, current verdict) is shown on a
-terminal. At exit the per-process files are merged (:mod:`otel_leak.report.merge`) and written.
+terminal. At exit the per-process files are merged (:mod:`otel_leak.report.merging`) and written.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from otel_leak.report.console import error, print_summary, status_line, stderr_console
-from otel_leak.report.merge import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
+from otel_leak.report.merging import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
 
 POLL_S = 0.25
 STATUS_EVERY_S = 1.0
