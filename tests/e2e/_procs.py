@@ -448,7 +448,7 @@ def file_tracestore(workdir: Path) -> TraceStore:
 # Prometheus
 
 
-PROMETHEUS_FLAGS = ("--enable-feature=exemplar-storage", "--web.enable-lifecycle")
+PROMETHEUS_FLAGS = ("--enable-feature=exemplar-storage", "--web.enable-lifecycle", "--log.level=debug")
 
 
 @dataclass
