@@ -162,3 +162,21 @@ TASK_HEAP_BLOCKS = setting(
     "While tracemalloc traces, the traced-bytes delta is set instead, at constant cost.",
 )
 GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")
+
+
+def markdown_table() -> str:
+    """The settings table in README.md (a test keeps the two equal): ``python -m otel_leak.config``."""
+    try:  # the detector declares its own settings
+        import otel_leak.detector.settings  # noqa: F401
+    except Exception:  # pragma: no cover
+        pass
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS.values():
+        default = ",".join(s.default) if isinstance(s.default, tuple) else s.default
+        default = "" if default == "" else f"`{str(default).lower() if s.kind == 'bool' else default}`"
+        rows.append(f"| `{s.env}` | {default} | {s.doc.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -56,3 +56,11 @@ def test_opentelemetry_instrument_help_lists_the_settings():
     for env in config.SETTINGS:
         flag = "--" + env.removeprefix("OTEL_PYTHON_").lower()  # how opentelemetry-instrument names it
         assert flag in out, f"{flag} missing from opentelemetry-instrument --help"
+
+
+def test_readme_documents_every_setting_as_declared():
+    from tests.conftest import ROOT
+
+    assert config.markdown_table() in (ROOT / "README.md").read_text(), (
+        "README settings table is stale: paste `python -m otel_leak.config`"
+    )
