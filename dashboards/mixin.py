@@ -1,0 +1,328 @@
+"""The one configuration object behind otel-leak's Prometheus rules and alerts.
+
+In the style of the kubernetes-/node-mixin ``_config``: every threshold, window, ``for:`` duration,
+selector and the runbook base URL is a field of :class:`Mixin`. ``dashboards.rules`` turns a ``Mixin`` into
+recording rules and alerts; nothing in the generated YAML is typed anywhere else.
+
+    >>> from dashboards.mixin import Mixin
+    >>> Mixin(floor_window="15m", team="payments")          # production defaults for the rest
+    >>> Mixin.e2e()                                          # short windows for the end-to-end test
+
+An unknown field fails loudly, naming the field, the closest valid one and the full list:
+
+    >>> Mixin(floor_windw="5m")
+    TypeError: unknown Mixin parameter 'floor_windw' (did you mean 'floor_window'?); valid parameters: ...
+
+Durations are Prometheus durations (``"90s"``, ``"10m"``, ``"1h30m"``, ``"1d"``); byte thresholds are bytes;
+``*_percent_per_hour`` thresholds are percent of the process's own floor per hour.
+
+Series and label names all come from :mod:`otel_leak.names`. The names of the recording rules this mixin
+adds (which ``names.py`` does not define yet) are in :data:`RECORDING_RULES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from otel_leak import names
+
+MiB = 1024 * 1024
+
+# Prometheus' own target labels: not OTel attributes, so not in otel_leak.names.
+PROM_JOB = "job"
+PROM_INSTANCE = "instance"
+# Every otel-leak data point carries process.pid (prefork children share their parent's resource).
+LABEL_PID = names.label(names.SPAN_PID)
+
+# Labels that identify one worker process, and one service. Alerts keep these so a page names them.
+PROCESS_LABELS = (
+    PROM_JOB,
+    PROM_INSTANCE,
+    names.LABEL_SERVICE,
+    names.LABEL_INSTANCE,
+    names.LABEL_VERSION,
+    LABEL_PID,
+)
+SERVICE_LABELS = (PROM_JOB, names.LABEL_SERVICE)
+
+# Labels the alerts add (Alertmanager routes on them).
+LABEL_SEVERITY = "severity"
+LABEL_TEAM = "team"
+SEVERITIES = ("warning", "critical")
+
+# --------------------------------------------------------------------------------------------------
+# Recording rules added by the mixin: level:metric:operations (Prometheus naming practice). The names do not
+# contain the window, so dashboards can query them whatever the windows are.
+_NS = names.NAMESPACE
+RECORDING_RULES = {
+    # per process: lowest RSS over floor_window (sawtooth-proof), and its slope over slope_window (bytes/s)
+    "floor": f"process:{names.MEMORY_FLOOR.prom}:min_over_time",
+    "floor_slope": f"process:{names.MEMORY_FLOOR.prom}:deriv",
+    # per process: seconds until the floor reaches the memory limit (predict_linear over predict_window)
+    "time_to_limit": f"process:{_NS}_process_memory_time_to_limit_seconds:predict_linear",
+    # per process: floor slope over fleet_slope_window, only for processes past their warm-up and restart-free
+    "mature_slope": f"process:{names.MEMORY_FLOOR.prom}:deriv_mature",
+    # per service: mean of the above over the service's mature processes (the fleet signal)
+    "service_mature_slope": f"service:{names.MEMORY_FLOOR.prom}:deriv_mature",
+    # per process and task type: resident memory retained (growth minus release), bytes/s and bytes per call
+    "task_retained_rate": f"process_task:{_NS}_task_memory_retained_bytes:rate",
+    "task_retained_per_call": f"process_task:{_NS}_task_memory_retained_bytes:per_call",
+    # per process: the same summed over all task types (bytes/s)
+    "process_retained_rate": f"process:{_NS}_task_memory_retained_bytes:rate",
+    # per process and GC generation: mean GC pause over gc_window (seconds)
+    "gc_pause_mean": f"process:{names.GC_PAUSE.prom}:mean",
+}
+
+# Alert names, one runbook each (docs/runbooks/<name>.md).
+ALERTS = (
+    "OtelLeakMemoryFloorGrowing",
+    "OtelLeakMemoryFillingUp",
+    "OtelLeakTaskRetainingMemory",
+    "OtelLeakDetectorReportsLeak",
+    "OtelLeakGCPauseRegression",
+    "OtelLeakTelemetryAbsent",
+    "OtelLeakFleetMemoryGrowing",
+)
+
+_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
+_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration string ("1h30m" -> 5400)."""
+    m = _DURATION.match(duration or "")
+    if not duration or not m or not any(m.group(i) for i in range(2, 15, 2)):
+        raise ValueError(f"not a Prometheus duration: {duration!r} (examples: 90s, 10m, 1h30m, 1d)")
+    return sum(int(m.group(2 * i + 2) or 0) * unit for i, unit in enumerate(_UNITS))
+
+
+def duration(secs: float) -> str:
+    """Shortest Prometheus duration string for a whole number of seconds (5400 -> "1h30m")."""
+    secs = int(round(secs))
+    if secs <= 0:
+        return "0s"
+    out = ""
+    for unit, suffix in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
+        if secs >= unit:
+            out += f"{secs // unit}{suffix}"
+            secs %= unit
+    return out
+
+
+def _dur(default: str, doc: str) -> Any:
+    return field(default=default, metadata={"kind": "duration", "doc": doc})
+
+
+def _num(default: float, doc: str) -> Any:
+    return field(default=default, metadata={"kind": "number", "doc": doc})
+
+
+def _str(default: Any, doc: str, kind: str = "str") -> Any:
+    return field(default=default, metadata={"kind": kind, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Mixin:
+    """Thresholds, windows and wiring for the otel-leak rules. The defaults are the production values."""
+
+    # ---- wiring
+    selector: str = _str("", 'Extra PromQL matchers on every otel-leak series, e.g. `job="otel-collector"`.')
+    team: str = _str("workers", "Value of the `team` label on every alert; Alertmanager routes on it.")
+    runbook_url_base: str = _str(
+        "https://github.com/otel-leak/otel-leak/blob/main/docs/runbooks",
+        "`runbook_url` of alert X is `<runbook_url_base>/X.md`.",
+    )
+    rule_interval: str = _dur("1m", "Evaluation interval of the rule groups.")
+    process_labels: tuple[str, ...] = _str(
+        PROCESS_LABELS, "Labels identifying one worker process (kept by per-process rules and alerts).", "labels"
+    )
+    service_labels: tuple[str, ...] = _str(
+        SERVICE_LABELS, "Labels identifying one service (fleet signal, GC baseline, absent service).", "labels"
+    )
+
+    # ---- memory floor: sustained growth, sawtooth-proof
+    floor_window: str = _dur("10m", "min_over_time window of the floor; longer than the worker's GC cycle.")
+    slope_window: str = _dur("1h", "deriv window of the floor slope.")
+    sustain_window: str = _dur(
+        "20m", "The floor must also still grow over this recent window (a warm-up or one-off step stops)."
+    )
+    floor_growth_warning_bytes_per_hour: float = _num(16 * MiB, "Warning: floor slope above this ...")
+    floor_growth_warning_percent_per_hour: float = _num(1.0, "... and above this % of the floor per hour.")
+    floor_growth_critical_bytes_per_hour: float = _num(64 * MiB, "Critical: floor slope above this ...")
+    floor_growth_critical_percent_per_hour: float = _num(5.0, "... and above this % of the floor per hour.")
+    floor_for_warning: str = _dur("1h", "for: of the warning.")
+    floor_for_critical: str = _dur("2h", "for: of the critical (not shorter than the warning's).")
+
+    # ---- memory limit (node-mixin NodeFilesystemSpaceFillingUp style)
+    predict_window: str = _dur("6h", "predict_linear window on the floor.")
+    limit_horizon_warning: str = _dur("24h", "Warning: the floor reaches the limit within this horizon ...")
+    limit_used_warning_ratio: float = _num(0.6, "... and already uses more than this fraction of it.")
+    limit_horizon_critical: str = _dur("4h", "Critical: the floor reaches the limit within this horizon ...")
+    limit_used_critical_ratio: float = _num(0.8, "... and already uses more than this fraction of it.")
+    limit_for: str = _dur("1h", "for: of both.")
+
+    # ---- per task type
+    task_window: str = _dur("1h", "rate() window of the per-task growth/release histograms.")
+    task_retained_warning_bytes_per_hour: float = _num(
+        16 * MiB, "A task type retaining more than this (growth minus release) in a process retaining as much."
+    )
+    task_for: str = _dur("1h", "for: of the task alert.")
+
+    # ---- embedded detector
+    detector_for: str = _dur("15m", "for: of the detector-verdict alert.")
+
+    # ---- GC pauses
+    gc_window: str = _dur("30m", "Window of the mean GC pause (rate of _sum over rate of _count).")
+    gc_baseline_offset: str = _dur("1d", "Baseline: the service's mean pause per generation this long ago.")
+    gc_regression_factor: float = _num(2.0, "Fires when a process's mean pause exceeds baseline times this ...")
+    gc_min_pause_seconds: float = _num(0.02, "... and this many seconds (gen-0 pauses are microseconds).")
+    gc_for: str = _dur("1h", "for: of the GC alert.")
+
+    # ---- telemetry absent
+    absent_lookback: str = _dur(
+        "1h", "A worker seen within this window, silent now, fires (unless its service has as many workers)."
+    )
+    absent_service_lookback: str = _dur("1d", "A service seen within this window with no worker now fires.")
+    absent_for: str = _dur("10m", "for: of the absent alert.")
+
+    # ---- fleet: leaks hidden by restarts
+    fleet_warmup: str = _dur(
+        "10m", "A process counts for the fleet signal from warmup + floor_window + fleet_slope_window of age."
+    )
+    fleet_slope_window: str = _dur("15m", "deriv window of the per-process slope in the fleet signal.")
+    fleet_window: str = _dur("6h", "The service's mature-process slope is averaged over this window.")
+    fleet_growth_bytes_per_hour: float = _num(16 * MiB, "Fires above this mean slope ...")
+    fleet_growth_percent_per_hour: float = _num(1.0, "... and above this % of the service's mean floor per hour.")
+    fleet_for: str = _dur("1h", "for: of the fleet alert.")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # Presets -----------------------------------------------------------------------------------
+    @classmethod
+    def production(cls, **overrides: Any) -> "Mixin":
+        return cls(**overrides)
+
+    @classmethod
+    def e2e(cls, **overrides: Any) -> "Mixin":
+        """Short windows for the end-to-end test: 1 s scrape, a leak of several MiB/s fires in ~2 minutes."""
+        return cls(**{**E2E_OVERRIDES, **overrides})
+
+    # Derived -----------------------------------------------------------------------------------
+    def seconds(self, name: str) -> float:
+        return seconds(getattr(self, name))
+
+    @property
+    def fleet_min_age(self) -> str:
+        """Age (and time since a restart) from which a process counts for the fleet signal."""
+        return duration(
+            self.seconds("fleet_warmup") + self.seconds("floor_window") + self.seconds("fleet_slope_window")
+        )
+
+    def runbook_url(self, alert: str) -> str:
+        return f"{self.runbook_url_base.rstrip('/')}/{alert}.md"
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(Mixin))
+
+
+def check_parameters(overrides: dict[str, Any]) -> None:
+    """Raise TypeError naming the first unknown parameter, the closest valid one and all valid ones."""
+    for k in overrides:
+        if k not in PARAMETERS:
+            close = difflib.get_close_matches(k, PARAMETERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"unknown Mixin parameter {k!r}{hint}; valid parameters: {', '.join(PARAMETERS)}")
+
+
+_dataclass_init = Mixin.__init__
+
+
+def _init(self: Mixin, *args: Any, **overrides: Any) -> None:
+    if args:
+        raise TypeError("Mixin takes keyword parameters only, e.g. Mixin(floor_window='15m')")
+    check_parameters(overrides)
+    _dataclass_init(self, **overrides)
+
+
+Mixin.__init__ = _init  # type: ignore[method-assign]
+
+
+def _validate(m: Mixin) -> None:
+    for f in fields(m):
+        v = getattr(m, f.name)
+        kind = f.metadata.get("kind")
+        if kind == "duration":
+            if not isinstance(v, str):
+                raise TypeError(f"Mixin parameter {f.name!r} must be a Prometheus duration string, got {v!r}")
+            try:
+                seconds(v)
+            except ValueError as e:
+                raise ValueError(f"Mixin parameter {f.name!r}: {e}") from None
+        elif kind == "number":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+                raise ValueError(f"Mixin parameter {f.name!r} must be a non-negative number, got {v!r}")
+        elif kind == "labels":
+            if isinstance(v, str) or not v or not all(isinstance(x, str) and _LABEL.fullmatch(x) for x in v):
+                raise TypeError(f"Mixin parameter {f.name!r} must be a tuple of label names, got {v!r}")
+        elif not isinstance(v, str):
+            raise TypeError(f"Mixin parameter {f.name!r} must be a string, got {v!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", m.team):
+        raise ValueError(f"Mixin parameter 'team' must be a plain label value, got {m.team!r}")
+    if "{" in m.selector or "}" in m.selector:
+        raise ValueError(f"Mixin parameter 'selector' takes matchers without braces, got {m.selector!r}")
+    if m.seconds("floor_window") >= m.seconds("slope_window"):
+        raise ValueError("floor_window must be shorter than slope_window")
+    if m.seconds("sustain_window") > m.seconds("slope_window"):
+        raise ValueError("sustain_window must not be longer than slope_window")
+    if m.seconds("floor_for_critical") < m.seconds("floor_for_warning"):
+        raise ValueError("floor_for_critical must not be shorter than floor_for_warning (warning fires first)")
+    if m.seconds("limit_horizon_critical") > m.seconds("limit_horizon_warning"):
+        raise ValueError("limit_horizon_critical must not be longer than limit_horizon_warning")
+    for r in ("limit_used_warning_ratio", "limit_used_critical_ratio"):
+        if not 0 <= getattr(m, r) <= 1:
+            raise ValueError(f"Mixin parameter {r!r} is a fraction of the limit: 0..1")
+
+
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+# Short windows for the end-to-end test (1 s scrape interval, steady leak of several MiB/s, healthy control).
+# Timeline of a 3 MiB/s leak starting at t0: the floor (20 s window) rises from t0+20s; its 60 s slope passes
+# 0.5 MiB/s at ~t0+36s and 1 MiB/s at ~t0+42s; warning fires ~t0+81s, critical ~t0+117s (plus one rule
+# evaluation). A healthy worker's warm-up shorter than ~20 s or a GC cycle shorter than 20 s never fires.
+E2E_OVERRIDES: dict[str, Any] = dict(
+    rule_interval="2s",
+    floor_window="20s",
+    slope_window="60s",
+    sustain_window="20s",
+    floor_growth_warning_bytes_per_hour=1800 * MiB,  # 0.5 MiB/s
+    floor_growth_critical_bytes_per_hour=3600 * MiB,  # 1 MiB/s
+    floor_for_warning="45s",
+    floor_for_critical="75s",
+    predict_window="60s",
+    limit_horizon_warning="10m",
+    limit_horizon_critical="2m",
+    limit_for="30s",
+    task_window="30s",
+    task_retained_warning_bytes_per_hour=1800 * MiB,  # 0.5 MiB/s
+    task_for="45s",
+    detector_for="10s",
+    gc_window="30s",
+    gc_baseline_offset="2m",
+    gc_for="30s",
+    absent_lookback="2m",
+    absent_service_lookback="10m",
+    absent_for="15s",
+    fleet_warmup="10s",
+    fleet_slope_window="20s",
+    fleet_window="2m",
+    fleet_growth_bytes_per_hour=1800 * MiB,
+    fleet_for="30s",
+)
