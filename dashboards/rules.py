@@ -90,7 +90,9 @@ class Rules:
         return [
             {
                 "record": R["floor"],
-                "expr": f"min by ({P}) (min_over_time({self.rss}[{m.floor_window}]))",
+                # "and on() rss": a process that stopped reporting has no floor (min_over_time alone would
+                # carry its last samples on for floor_window).
+                "expr": f"min by ({P}) (min_over_time({self.rss}[{m.floor_window}]))\n  and on({P}) {self.rss}",
             },
             {"record": R["floor_slope"], "expr": f"deriv({R['floor']}[{m.slope_window}])"},
             {
