@@ -345,6 +345,8 @@ class Detector:
             if total <= 0 or sc / total < 0.15 or len(out) >= MAX_SUSPECTS:
                 continue
             a1, a2 = t1.get(k), t2.get(k)
+            if max(a.bytes_per_call for a in (a1, a2) if a is not None) < 64:
+                continue
             if a2 is not None and self.kind in ("python_heap", "mixed"):
                 per_call = a2.bytes_per_call
             else:

@@ -281,7 +281,7 @@ class Tier1:
         """Robust regression of per-sample growth on per-sample task counts, most to blame first."""
         rows = [inc for inc in self.increments if not inc[5] and inc[4]]
         with_used = [inc for inc in rows if inc[3] is not None]
-        if len(with_used) >= 0.8 * len(rows) and not use_heap:
+        if self.declared_signal == "used" and len(with_used) >= 0.8 * len(rows) and not use_heap:
             return regress([inc[4] for inc in with_used], [float(inc[3]) for inc in with_used])
         return regress([inc[4] for inc in rows], [float(inc[2] if use_heap else inc[1]) for inc in rows])
 

@@ -14,7 +14,9 @@ allocator keeps (fragmentation / retention) when resident memory grows but the P
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import itertools
 import ctypes.util
 import gc
 import os
@@ -283,6 +285,16 @@ def _module_of_dict(dct) -> str | None:
     return None
 
 
+def _tail_referents(o):
+    """Referents to check for a leaked non-container: leaking containers grow at their end."""
+    t = type(o)
+    if t is list or t is collections.deque:
+        return o[-8:] if t is list else list(itertools.islice(reversed(o), 8))
+    if t is dict:
+        return list(itertools.islice(reversed(o.values()), 8))
+    return gc.get_referents(o)
+
+
 def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: int = 1) -> list[dict]:
     """What keeps objects from ``site`` alive: a referrer chain of bounded depth, in bounded time."""
     deadline = time.monotonic() + budget
@@ -303,7 +315,7 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
                 target = o
                 break
             try:
-                refs = gc.get_referents(o)
+                refs = _tail_referents(o)
             except Exception:
                 continue
             for r in refs:

@@ -1,0 +1,323 @@
+"""Detector unit tests on synthetic sample streams (no threads, no OTel SDK needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from otel_leak.detector import robust
+from otel_leak.detector.report import validate_process_report, write_atomic
+from otel_leak.detector.tier1 import MAX_INCREMENTS, MAX_WINDOWS, Tier1, regress
+
+MiB = 1024 * 1024
+
+
+def stream(
+    seconds=90,
+    rate=40,
+    types=("a", "b", "c"),
+    leak=None,  # (type, bytes per call)
+    noise=200_000,
+    shape=None,  # fn(t) -> extra bytes on the floor
+    spikes=None,  # fn(t) -> extra transient bytes (not on the floor)
+    seed=1,
+    base=40 * MiB,
+):
+    """Yield synthetic samples at 1 Hz: interleaved random task types, page-rounded RSS."""
+    rnd = random.Random(seed)
+    counts = {k: 0 for k in types}
+    total = 0
+    retained = 0
+    blocks = 100_000
+    for sec in range(seconds):
+        if rate < 5:
+            n = int(rate) + (1 if rnd.random() < rate - int(rate) else 0)
+        else:
+            n = max(0, int(rnd.gauss(rate, rate * 0.2)))
+        for _ in range(n):
+            k = rnd.choice(types)
+            counts[k] += 1
+            total += 1
+            if leak and k == leak[0]:
+                retained += leak[1]
+                blocks += 2
+        rss = base + retained + rnd.randint(0, noise)
+        if shape is not None:
+            rss += int(shape(sec))
+        if spikes is not None:
+            rss += int(spikes(sec))
+        rss -= rss % 4096
+        yield SimpleNamespace(
+            t=float(sec), wall=1e9 + sec, rss=rss, vms=rss * 2, heap_blocks=blocks + rnd.randint(0, 50),
+            traced=None, floor=rss, task_counts=dict(counts), tasks_total=total,
+        )
+
+
+def first_declared(samples, **kw):
+    t1 = Tier1(**kw)
+    for s in samples:
+        t1.add(s)
+        if t1.declared:
+            return t1, s
+    return t1, None
+
+
+# ---------------------------------------------------------------------------------------------- leak
+def test_linear_leak_is_declared_within_1000_tasks():
+    t1, s = first_declared(stream(leak=("b", 16 * 1024), rate=40))
+    assert s is not None, t1.trend.as_dict()
+    assert t1.declared_tasks <= 1000
+    assert t1.confidence() >= 0.7
+
+
+def test_slow_worker_uses_the_same_defaults():
+    # One task every 5 s: windows stretch to the task count, the leak is still found.
+    t1, s = first_declared(stream(seconds=1500, rate=0.2, leak=("a", 256 * 1024), noise=100_000, types=("a",)))
+    assert s is not None
+    assert all(w.tasks >= t1.min_tasks for w in list(t1.windows)[:-1])
+
+
+# ---------------------------------------------------------------------------------------------- benign shapes
+BENIGN = {
+    "warm-up that levels off": dict(shape=lambda t: 8 * MiB * (1 - math.exp(-t / 6.0))),
+    "gc sawtooth": dict(spikes=lambda t: (t % 9) * 1.5 * MiB),
+    "slow sawtooth on the floor": dict(shape=lambda t: (t % 11) * 0.3 * MiB),
+    "bursts": dict(spikes=lambda t: 30 * MiB if (t // 10) % 3 == 0 else 0),
+    "one-off step (lazy import)": dict(shape=lambda t: 12 * MiB if t > 30 else 0),
+    "allocator retention plateau": dict(shape=lambda t: min(t, 20) * 0.6 * MiB if t > 12 else 0),
+    "noise only": dict(noise=1_500_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENIGN))
+def test_benign_shape_never_declared(name):
+    for seed in range(4):
+        t1, s = first_declared(stream(seconds=120, seed=seed, **BENIGN[name]))
+        assert s is None, (name, seed, s and s.t, t1.trend.as_dict())
+
+
+def test_leak_under_sawtooth_and_bursts_is_declared():
+    t1, s = first_declared(
+        stream(seconds=120, leak=("c", 24 * 1024), spikes=lambda t: (t % 7) * 2 * MiB, noise=500_000)
+    )
+    assert s is not None
+
+
+# ---------------------------------------------------------------------------------------------- attribution
+def test_regression_attributes_the_leak_to_one_of_interleaved_noisy_tasks():
+    rnd = random.Random(7)
+    counts, growth = [], []
+    for _ in range(120):
+        c = {k: max(0, int(rnd.gauss(12, 4))) for k in ("alpha", "beta", "gamma", "delta")}
+        # beta retains 16 KiB; every task has +-60 KiB of neighbours' transient noise; GC drops are outliers.
+        g = c["beta"] * 16384 + sum(rnd.gauss(0, 60_000) for _ in range(3))
+        if rnd.random() < 0.08:
+            g -= rnd.uniform(2, 8) * MiB
+        counts.append(c)
+        growth.append(g)
+    out = regress(counts, growth)
+    assert out and out[0].task == "beta"
+    assert 12_000 < out[0].bytes_per_call < 21_000
+    assert out[0].share > 0.7
+
+
+def test_regression_is_not_fooled_by_averaging_per_task_deltas():
+    # 'big' tasks allocate a lot transiently (their deltas are large), 'small' retains: regression on
+    # window growth names 'small'.
+    rnd = random.Random(3)
+    counts, growth = [], []
+    for _ in range(80):
+        c = {"big": rnd.randint(5, 20), "small": rnd.randint(5, 20)}
+        counts.append(c)
+        growth.append(c["small"] * 8192 + rnd.gauss(0, 20_000))
+    assert regress(counts, growth)[0].task == "small"
+
+
+def test_huber_nnls_recovers_coefficients():
+    rnd = random.Random(1)
+    X = [[rnd.uniform(0, 10), rnd.uniform(0, 10)] for _ in range(60)]
+    y = [3 * a + 0 * b + rnd.gauss(0, 0.1) for a, b in X]
+    y[5] += 500  # outlier
+    beta, se, _ = robust.huber_nnls(X, y)
+    assert abs(beta[0] - 3) < 0.1 and beta[1] < 0.1
+
+
+def test_robust_basics():
+    assert robust.theil_sen([0, 1, 2, 3, 4, 5], [0, 2, 4, 6, 8, 100]) == pytest.approx(2.0)
+    tau, z = robust.mann_kendall([1, 2, 3, 4, 5, 6, 7])
+    assert tau == 1.0 and z > 2
+    assert robust.mann_kendall([1, 1, 1, 1])[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------- detector
+class FakeSampler:
+    interval = 1.0
+
+    def __init__(self):
+        self.listeners = []
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
+
+    def remove_listener(self, fn):
+        if fn in self.listeners:
+            self.listeners.remove(fn)
+
+    def sample(self):
+        return None
+
+    def feed(self, s):
+        for fn in list(self.listeners):
+            fn(s)
+
+
+class FakeStats:
+    def __init__(self):
+        self.counts = {}
+        self.total = 0
+        self.suspects = {}
+
+    def trace_ids(self, task):
+        return ["ab" * 16]
+
+
+def make_detector(tmp_path=None, **env):
+    from otel_leak.detector.detector import Detector
+
+    environ = {"OTEL_PYTHON_LEAK_DETECTOR_TIER2": "false"}
+    if tmp_path is not None:
+        environ["OTEL_PYTHON_LEAK_REPORT_DIR"] = str(tmp_path)
+    environ.update(env)
+    sampler, stats = FakeSampler(), FakeStats()
+    det = Detector(stats=stats, sampler=sampler, meter=None, environ=environ)
+    det._mi_off = True  # the synthetic samples are not this process: do not mix in its allocator
+    return det, sampler, stats
+
+
+def test_detector_declares_sets_suspects_and_writes_a_valid_report(tmp_path, caplog):
+    det, sampler, stats = make_detector(tmp_path)
+    with caplog.at_level("WARNING", logger="otel_leak.diagnosis"):
+        for s in stream(leak=("b", 32 * 1024)):
+            stats.counts, stats.total = dict(s.task_counts), s.tasks_total
+            sampler.feed(s)
+    assert det.verdict == "leak"
+    assert det.suspects and det.suspects[0]["task"] == "b"
+    assert "b" in stats.suspects  # the processor adds the span event from this
+    assert any(r.name == "otel_leak.diagnosis" for r in caplog.records)
+    rec = [r for r in caplog.records if r.name == "otel_leak.diagnosis"][0]
+    assert json.loads(getattr(rec, "otel_leak.diagnosis"))["verdict"] == "leak"
+    path = det.write_report(final=True)
+    doc = json.load(open(path))
+    assert validate_process_report(doc) == []
+    assert doc["verdict"] == "leak" and doc["suspects"][0]["task"] == "b"
+    assert doc["detected_at_s"] is not None and doc["pid"] == os.getpid()
+    det.stop()
+
+
+def test_benign_detector_run_reports_no_leak(tmp_path):
+    det, sampler, stats = make_detector(tmp_path)
+    for s in stream(**BENIGN["warm-up that levels off"]):
+        sampler.feed(s)
+        assert det.verdict != "leak"
+    assert det.verdict == "no_leak"
+    doc = det.report()
+    assert validate_process_report(doc) == [] and doc["suspects"] == []
+    det.stop()
+
+
+def test_internal_failure_degrades_to_inconclusive(tmp_path):
+    det, sampler, stats = make_detector(tmp_path)
+    samples = list(stream(seconds=30, leak=("a", 64 * 1024)))
+    for s in samples[:20]:
+        sampler.feed(s)
+    broken = SimpleNamespace(**{**vars(samples[20]), "task_counts": None})  # .items() raises inside tier 1
+    sampler.feed(broken)  # must not raise
+    for s in samples[21:]:
+        sampler.feed(s)
+    assert det.verdict == "inconclusive" and det.error
+    doc = det.report()
+    assert doc["verdict"] == "inconclusive" and doc["confidence"] == 0.0 and doc["suspects"] == []
+    assert validate_process_report(doc) == []
+    det.stop()
+
+
+def test_memory_is_bounded_by_windows_not_tasks():
+    det, sampler, stats = make_detector(None)
+    counts = {f"t{k}": 0 for k in range(20)}
+    total = 0
+    rnd = random.Random(0)
+    for sec in range(5000):  # 100k tasks over 5000 samples
+        for _ in range(20):
+            counts[f"t{rnd.randrange(20)}"] += 1
+            total += 1
+        sampler.feed(SimpleNamespace(t=float(sec), wall=0.0, rss=50 * MiB + rnd.randint(0, 99) * 4096,
+                                     vms=0, heap_blocks=1000, traced=None, floor=0,
+                                     task_counts=dict(counts), tasks_total=total))
+    assert total == 100_000
+    t1 = det.tier1
+    assert len(t1.windows) <= MAX_WINDOWS and len(t1.increments) <= MAX_INCREMENTS
+    assert len(det.series.cols["t_s"]) <= 600 and len(det.events) <= 64
+    assert all(len(w.counts) <= 20 for w in t1.windows)
+    assert len(json.dumps(det.report())) < 200_000
+    det.stop()
+
+
+def test_atomic_write_and_validator_rejects_garbage(tmp_path):
+    p = tmp_path / "x" / "1.json"
+    write_atomic(str(p), {"a": 1})
+    assert json.load(open(p)) == {"a": 1}
+    assert [f for f in os.listdir(p.parent) if f.startswith(".tmp")] == []
+    assert validate_process_report({"schema": "nope"})
+    assert validate_process_report([]) == ["expected a JSON object"]
+
+
+def test_invalid_setting_warns_once_and_uses_default(caplog):
+    from otel_leak import config
+    from otel_leak.detector import settings
+
+    with caplog.at_level("WARNING", logger="otel_leak"):
+        assert config.get(settings.TIER2_WINDOW, {"OTEL_PYTHON_LEAK_DETECTOR_TIER2_WINDOW": "-3"}) == settings.TIER2_WINDOW.default
+
+
+def test_tier2_window_finds_the_site_and_the_task():
+    """A real (short) tracemalloc window on this process: allocations retained by 'leaky' are found."""
+    import threading
+    import time
+
+    from otel_leak.detector import tier2
+
+    stats = FakeStats()
+    keep = []
+    stop = threading.Event()
+
+    def worker():
+        i = 0
+        while not stop.is_set():
+            name = ("leaky", "clean")[i % 2 if i % 7 else 1]
+            if name == "leaky":
+                keep.append(bytearray(20000))  # the site
+            else:
+                junk = [bytes(500) for _ in range(20)]
+                del junk
+            stats.counts[name] = stats.counts.get(name, 0) + 1
+            stats.total += 1
+            i += 1
+            time.sleep(0.002 * random.random())
+
+    th = threading.Thread(target=worker)
+    th.start()
+    try:
+        res = tier2.run_window(stats, window=0.6, frames=10, tier3=True, tier3_budget=3.0)
+    finally:
+        stop.set()
+        th.join()
+    assert res.error is None
+    assert res.sites and res.sites[0]["file"] == __file__
+    assert res.attribution and res.attribution[0].task == "leaky"
+    assert res.retention_paths and "list" in res.retention_paths[0]["text"]
