@@ -192,6 +192,9 @@ def test_killed_process_and_crash_mark_the_report_incomplete():
     assert r["verdict"] == "leak" and r["incomplete"] is True
     assert r["exit_code"] == 137 and r["signal"] == "SIGKILL"
     assert "last periodic write" in r["processes"][0]["note"]
+    # a pool child that left through os._exit (no final write) is normal: noted, not incomplete
+    r = merge(loaded(proc(100, "no_leak"), proc(101, "no_leak", final=False)), run_info())
+    assert r["incomplete"] is False and "last periodic write" in r["processes"][1]["note"]
 
 
 def test_validate_report_catches_contract_breaks():

@@ -5,6 +5,7 @@ Everything goes to stderr so the command's own stdout stays clean for pipes.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -19,7 +20,9 @@ VERDICT_LABEL = {"leak": " LEAK ", "no_leak": " NO LEAK ", "inconclusive": " INC
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=False)
+    # Not a terminal (CI logs, captured output): lines as wide as a log viewer shows, not rich's 80 columns.
+    width = None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(file=sys.stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def status_line(
@@ -133,3 +136,68 @@ def summary_text(report: dict, **kw: Any) -> str:
     c = Console(file=buf, width=120, color_system=None, highlight=False)
     print_summary(c, report, **kw)
     return buf.getvalue()
+
+
+class BottomStatus:
+    """A status line pinned to the terminal's last row while the command writes above it.
+
+    The command shares the terminal, so a status line redrawn in place would be torn apart by its output.
+    Like apt's progress bar, this sets the scrolling region to all rows but the last (DECSTBM) and draws
+    the status in the last row; the command's output scrolls above it untouched. ``stop`` restores the
+    full scrolling region and clears the row. Any failure disables the status, never the run.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.fd = console.file
+        self.rows = 0
+        self.active = False
+
+    def _size(self) -> tuple[int, int]:
+        size = os.get_terminal_size(self.fd.fileno())
+        return size.lines, size.columns
+
+    def _write(self, s: str) -> None:
+        self.fd.write(s)
+        self.fd.flush()
+
+    def _region(self, rows: int) -> None:
+        # scroll one line first so the shrinking region does not hide the last line of output
+        self._write(f"\n\0337\033[1;{rows - 1}r\0338\033[1A")
+
+    def start(self) -> bool:
+        try:
+            rows, _ = self._size()
+            if rows < 4:
+                return False
+            self.rows = rows
+            self._region(rows)
+            self.active = True
+        except (OSError, ValueError, AttributeError):
+            self.active = False
+        return self.active
+
+    def update(self, text: Text) -> None:
+        if not self.active:
+            return
+        try:
+            rows, cols = self._size()
+            if rows != self.rows and rows >= 4:  # the terminal was resized
+                self._write(f"\0337\033[{self.rows};1f\033[2K\0338")
+                self.rows = rows
+                self._region(rows)
+            with self.console.capture() as cap:
+                self.console.print(text, end="", no_wrap=True, overflow="ellipsis", crop=True, width=max(10, cols - 1))
+            line = cap.get().replace("\n", " ")
+            self._write(f"\0337\033[{self.rows};1f\033[2K{line}\0338")
+        except (OSError, ValueError):
+            self.stop()
+
+    def stop(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        try:
+            self._write(f"\0337\033[r\033[{self.rows};1f\033[2K\0338")
+        except (OSError, ValueError):
+            pass

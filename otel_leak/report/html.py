@@ -500,12 +500,16 @@ def _process_table(procs: list[dict]) -> str:
             f'<td class="n">{float(p.get("confidence") or 0):.2f}</td><td class="n">{int(p.get("tasks_observed") or 0):,}</td>'
             f'<td class="n">{e(bytes_h(m.get("rss_start_bytes")))} → {e(bytes_h(m.get("rss_end_bytes")))}</td>'
             f'<td class="n">{e(rate_h(m.get("floor_slope_bytes_per_s")))}</td>'
-            f'<td class="mono">{e(top)}</td><td class="mono">{e(short_path(argv, 60))}'
+            f'<td class="mono">{e(top)}</td><td class="mono" title="{e(argv)}">{e(_clip(argv, 48))}'
             + (f'<br><span class="muted">{e(note)}</span>' if note else "")
             + "</td></tr>"
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _task_counts(procs: list[dict]) -> list[tuple[str, int]]:

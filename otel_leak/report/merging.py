@@ -409,8 +409,9 @@ def _merge(loaded: list[Loaded], run: RunInfo) -> dict:
             )
     for p in valid:
         if p["final"] is False:
-            incomplete = True
-            p["note"] = "ended without its final report; data as of its last periodic write"
+            # Prefork children leave through os._exit: their last periodic write is all there is. That is
+            # normal, so it is noted on the process and does not by itself make the run incomplete.
+            p["note"] = "no final report (os._exit or killed); data as of its last periodic write"
     report["incomplete"] = incomplete
     del errors[MAX_ERRORS:]
     return report

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from otel_leak.report.console import error, print_summary, status_line, stderr_console
+from otel_leak.report.console import BottomStatus, error, print_summary, status_line, stderr_console
 from otel_leak.report.merging import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
 
 POLL_S = 0.25
@@ -300,8 +300,16 @@ def run(opts: Options) -> int:
     if not opts.command:
         error(console, "no command given: otel-leak run [--report FILE] [--html FILE] -- COMMAND [ARGS...]")
         return 2
-    report_dir = tempfile.mkdtemp(prefix="otel-leak-")
-    keep_dir = False
+    user_dir = os.environ.get("OTEL_PYTHON_LEAK_REPORT_DIR", "").strip()
+    if user_dir:  # the user wants the per-process files: use and keep that directory
+        try:
+            os.makedirs(user_dir, exist_ok=True)
+        except OSError as exc:
+            error(console, f"cannot create OTEL_PYTHON_LEAK_REPORT_DIR={user_dir}: {exc.strerror or exc}")
+            return 1
+        report_dir, keep_dir = os.path.abspath(user_dir), True
+    else:
+        report_dir, keep_dir = tempfile.mkdtemp(prefix="otel-leak-"), False
     try:
         env = build_env(dict(os.environ), report_dir)
         exe, problem = resolve(opts.command[0], env)
@@ -339,7 +347,7 @@ def run(opts: Options) -> int:
             )
         try:
             info.observed = tree.observed()
-            loaded = read_process_dir(report_dir)
+            loaded = fresh(read_process_dir(report_dir), start)
             report = merge(loaded, info)
             _add_unreported(report, tree, start)
         except Exception as exc:  # noqa: BLE001 - never a traceback
@@ -347,6 +355,7 @@ def run(opts: Options) -> int:
 
         report_path = opts.report or default_report_path(opts.command)
         failed = False
+        show_dir = report_dir if user_dir else None
         try:
             write_json(report, report_path)
             shown_report = report_path
@@ -354,7 +363,8 @@ def run(opts: Options) -> int:
             failed = True
             shown_report = None
             error(console, f"cannot write the report to {report_path}: {exc.strerror or exc}")
-            keep_dir = True
+            keep_dir = True  # the per-process files are all that is left: keep them
+            show_dir = report_dir
         shown_html = None
         if opts.html:
             try:
@@ -374,7 +384,7 @@ def run(opts: Options) -> int:
                 report,
                 report_path=shown_report,
                 html_path=shown_html,
-                kept_dir=report_dir if keep_dir else None,
+                kept_dir=show_dir,
             )
         code = info.exit_code if info.exit_code is not None else 1
         if code == 0 and failed:
@@ -387,16 +397,25 @@ def run(opts: Options) -> int:
 
 def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, quiet: bool):
     tree = Tree(child.pid, start)
-    live = None
+    status = None
     if not quiet and console.is_terminal:
-        from rich.live import Live
-
-        live = Live(status_line(elapsed=0, processes=1, rss=None, tasks=0, verdict=None, confidence=None),
-                    console=console, transient=True, refresh_per_second=4, redirect_stdout=False,
-                    redirect_stderr=False)
-        live.start()
-    last_status = 0.0
+        status = BottomStatus(console)
+        if not status.start():
+            status = None
+    last_poll = 0.0
+    current = None
     orphans: list[int] = []
+
+    def tick() -> None:
+        nonlocal last_poll, current
+        now = time.time()
+        if now - last_poll >= STATUS_EVERY_S:
+            last_poll = now
+            current = (tree.poll(), _report_from_dir(report_dir, start))
+        if status is not None and current is not None:
+            alive = sum(1 for s in tree.seen.values() if s.alive)
+            status.update(live_status(current[1], current[0], now - start, alive))
+
     try:
         with Forwarder(child.pid):
             while True:
@@ -405,12 +424,7 @@ def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, 
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                now = time.time()
-                if now - last_status >= STATUS_EVERY_S:
-                    last_status = now
-                    rss = tree.poll()
-                    if live is not None:
-                        live.update(_status_from_dir(report_dir, rss, now - start, tree))
+                tick()
             # The command is gone; processes it forked may still be finishing (writing their final files).
             deadline = time.time() + ORPHAN_GRACE_S
             tree.poll()
@@ -419,19 +433,28 @@ def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, 
                 tree.poll()
             orphans = tree.alive_descendants()
     finally:
-        if live is not None:
-            live.stop()
+        if status is not None:
+            status.stop()
     return rc, orphans, tree
 
 
-def _status_from_dir(report_dir: str, rss, elapsed: float, tree: Tree):
+def fresh(loaded: list[Loaded], start: float) -> list[Loaded]:
+    """Only this run's files: a kept directory may hold reports of earlier runs (processes that started
+    before this run did)."""
+    out = []
+    for item in loaded:
+        t = item.doc.get("start_unix") if item.doc else None
+        if isinstance(t, (int, float)) and t < start - 1.0:
+            continue
+        out.append(item)
+    return out
+
+
+def _report_from_dir(report_dir: str, start: float) -> dict:
     try:
-        loaded: list[Loaded] = read_process_dir(report_dir)
-        report = merge(loaded, RunInfo())
+        return merge(fresh(read_process_dir(report_dir), start), RunInfo())
     except Exception:  # noqa: BLE001
-        report = {}
-    alive = sum(1 for s in tree.seen.values() if s.alive)
-    return live_status(report, rss, elapsed, alive)
+        return {}
 
 
 def _add_unreported(report: dict, tree: Tree, start: float) -> None:

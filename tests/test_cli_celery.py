@@ -1,0 +1,135 @@
+"""A Celery prefork worker with a leaking task, run under ``otel-leak run``, gets the merged verdict and suspect.
+
+Everything is real: redis-server (the ``redis_url`` fixture starts one on a free port; with ``CI=true`` a
+missing redis-server fails the test), ``celery worker --pool=prefork --concurrency=2`` under
+``.venv/bin/otel-leak run --report``, tasks submitted from here, the worker stopped with SIGTERM (sent to
+``otel-leak run``, which forwards it). The detector runs with its default settings; the test keeps the load
+on until each prefork child has declared its leak in its per-process file (or a time limit passes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = ROOT / "examples" / "celery_leak"
+OTEL_LEAK = str(Path(sys.executable).parent / "otel-leak")
+LEAKY = "leak_demo.remember_user"
+HEALTHY = ("leak_demo.resize_image", "leak_demo.send_email")
+LOAD_LIMIT_S = 150.0
+
+
+def _child_files(proc_dir: Path, command_pid: int | None) -> dict[int, dict]:
+    out = {}
+    for f in proc_dir.glob("*.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if command_pid is not None and doc.get("ppid") == command_pid:
+            out[doc["pid"]] = doc
+    return out
+
+
+def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, tmp_path):
+    from celery import Celery
+
+    proc_dir = tmp_path / "procs"
+    report, html = tmp_path / "celery.json", tmp_path / "celery.html"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url, PYTHONUNBUFFERED="1",
+               OTEL_PYTHON_LEAK_REPORT_DIR=str(proc_dir))
+    log = open(tmp_path / "worker.log", "w")
+    runner = subprocess.Popen(
+        [OTEL_LEAK, "run", "--report", str(report), "--html", str(html), "--",
+         "celery", "-A", "app", "worker", "--pool=prefork", "--concurrency=2", "--loglevel=WARNING",
+         "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        cwd=APP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    client = Celery("client", broker=redis_url, backend=redis_url)
+    try:
+        # wait for the worker: the first task comes back once a child runs it
+        client.send_task(HEALTHY[1], args=["warmup@example.com"]).get(timeout=90)
+        import psutil
+
+        kids = psutil.Process(runner.pid).children()
+        assert len(kids) == 1, kids
+        celery_pid = kids[0].pid
+
+        task_pids: set[int] = set()
+        sent = {LEAKY: 0, HEALTHY[0]: 0, HEALTHY[1]: 0}
+        deadline = time.monotonic() + LOAD_LIMIT_S
+        declared: dict[int, dict] = {}
+        while time.monotonic() < deadline:
+            batch = []
+            for _ in range(10):
+                batch.append(client.send_task(LEAKY, args=[uuid.uuid4().hex]))
+                batch.append(client.send_task(HEALTHY[0]))
+                batch.append(client.send_task(HEALTHY[1], args=["someone@example.com"]))
+            task_pids.update(r.get(timeout=60) for r in batch)
+            for name in sent:
+                sent[name] += 10
+            declared = {pid: d for pid, d in _child_files(proc_dir, celery_pid).items() if d.get("verdict") == "leak"}
+            if len(declared) >= 2 and sent[LEAKY] >= 300:
+                break
+        load_s = LOAD_LIMIT_S - (deadline - time.monotonic())
+        time.sleep(2.5)  # one more periodic write (REPORT_INTERVAL=2 s): children leave through os._exit
+        runner.send_signal(signal.SIGTERM)
+        rc = runner.wait(timeout=90)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(30)
+        log.close()
+    out = (tmp_path / "worker.log").read_text()
+    assert rc == 0, out[-3000:]
+    r = json.loads(report.read_text())
+
+    from otel_leak.report import validate_report
+
+    assert validate_report(r) == []
+    assert r["verdict"] == "leak", (load_s, {p["pid"]: p["verdict"] for p in r["processes"]}, out[-2000:])
+    assert r["suspects"][0]["task"] == LEAKY, r["suspects"]
+    assert r["suspects"][0]["retained_bytes_per_call"] > 16 * 1024
+    assert r["tasks_observed"] >= sum(sent.values())
+
+    # one entry per prefork child (and one for the pool's parent, which ran no task)
+    by_pid = {p["pid"]: p for p in r["processes"]}
+    assert set(by_pid) == task_pids | {celery_pid}, (sorted(by_pid), sorted(task_pids), celery_pid)
+    assert by_pid[celery_pid]["role"] == "command" and by_pid[celery_pid]["tasks_observed"] == 0
+    children = [p for p in r["processes"] if p["pid"] != celery_pid]
+    assert len(children) == 2
+    for c in children:
+        assert c["role"] == "child" and c["ppid"] == celery_pid
+        assert c["tasks_observed"] > 0 and set(c["task_counts"]) <= {LEAKY, *HEALTHY}
+    assert any(c["verdict"] == "leak" and c["suspects"][0]["task"] == LEAKY for c in children)
+
+    # the allocation site is the leaking line of the app
+    top3 = [(Path(s["file"]).name, s["line"]) for s in r["allocation_sites"][:3]]
+    assert ("app.py", _line_of(APP_DIR / "app.py", "_USERS[key] =")) in top3, top3
+
+    assert r["exit_code"] == 0 and r["signal"] is None
+    assert r["detected_at_s"] is not None and 0 < r["detected_at_s"] < r["duration_s"]
+    page = html.read_text()
+    assert "leak declared" in page and LEAKY in page
+
+
+def _line_of(path: Path, needle: str) -> int:
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(needle)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _celery_installed():
+    pytest.importorskip("celery") if os.environ.get("CI") != "true" else __import__("celery")
