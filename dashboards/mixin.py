@@ -193,8 +193,10 @@ class Mixin:
         "10m", "A process counts for the fleet signal from warmup + floor_window + fleet_slope_window of age."
     )
     fleet_slope_window: str = _dur("15m", "deriv window of the per-process slope in the fleet signal.")
-    fleet_window: str = _dur("6h", "The service's mature-process slope is averaged over this window.")
-    fleet_growth_bytes_per_hour: float = _num(16 * MiB, "Fires above this mean slope ...")
+    fleet_window: str = _dur(
+        "6h", "The alert takes the median of the service's mature-process slope over this window."
+    )
+    fleet_growth_bytes_per_hour: float = _num(16 * MiB, "Fires above this median slope ...")
     fleet_growth_percent_per_hour: float = _num(1.0, "... and above this % of the service's mean floor per hour.")
     fleet_for: str = _dur("1h", "for: of the fleet alert.")
 

@@ -211,6 +211,12 @@ def test_every_alert_has_its_runbook(alert):
     assert Mixin().runbook_url_base.endswith("docs/runbooks")
 
 
+def test_readme_documents_every_parameter_alert_and_rule():
+    text = (ROOT / "dashboards" / "README.md").read_text()
+    for name in (*PARAMETERS, *ALERTS, *RECORDING_RULES.values()):
+        assert f"`{name}`" in text, f"dashboards/README.md does not document {name}"
+
+
 def test_runbooks_are_only_for_alerts():
     assert {p.stem for p in RUNBOOKS.glob("*.md")} - {"README"} == set(ALERTS)
 
