@@ -20,6 +20,21 @@ import sys
 
 EXIT_USAGE = 2
 
+RUN_EPILOG = """\
+exit status:
+  COMMAND's own exit status; 128+N when signal N killed it; 127 command not found;
+  126 not executable; 2 usage error; 1 when COMMAND succeeded but a file could not be written.
+
+environment:
+  With no OTEL_EXPORTER_OTLP_*ENDPOINT and no OTEL_<SIGNAL>_EXPORTER set, the signals are not
+  exported (OTEL_*_EXPORTER=none): no collector needed. Set an endpoint to export them as well.
+  OTEL_PYTHON_LEAK_REPORT_DIR=DIR keeps the per-process reports in DIR (default: a temporary
+  directory, removed). Other OTEL_PYTHON_LEAK_* settings reach the detector unchanged.
+
+example:
+  otel-leak run --html leak.html -- celery -A app worker --pool=prefork --concurrency=4
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -37,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run COMMAND under OpenTelemetry auto-instrumentation with the leak detector on. "
         "Processes it forks are analysed too; at exit their reports are merged into one.",
         usage="otel-leak run [--report FILE] [--html FILE] [--quiet] -- COMMAND [ARGS...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RUN_EPILOG,
     )
     r.add_argument("--report", metavar="FILE", help="merged JSON report (default: ./otel-leak-<name>.<pid>.json)")
     r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
@@ -83,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+        print(f"otel-leak: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("OTEL_LEAK_DEBUG"):
+            raise
+        return 1
     return EXIT_USAGE  # pragma: no cover
 
 
@@ -151,8 +173,15 @@ def _report(args) -> int:
         except OSError as exc:
             error(console, f"cannot write {args.html}: {exc.strerror or exc}")
             code = 1
-    print_summary(console, report, report_path=shown_json or (args.path if not os.path.isdir(args.path) else None),
-                  html_path=shown_html)
+        except Exception as exc:  # noqa: BLE001
+            error(console, f"cannot render {args.html}: {exc.__class__.__name__}: {exc}")
+            code = 1
+    try:
+        print_summary(console, report, report_path=shown_json or (args.path if not os.path.isdir(args.path) else None),
+                      html_path=shown_html)
+    except Exception as exc:  # noqa: BLE001 - a hand-edited report with odd types
+        error(console, f"verdict {report.get('verdict')} (cannot summarise this report: {exc})")
+        code = 1
     return code
 
 

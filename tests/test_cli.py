@@ -22,7 +22,7 @@ import pytest
 
 from otel_leak import cli
 from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
-from otel_leak.report.merging import Loaded, RunInfo, read_process_dir, write_json
+from otel_leak.report.merging import Loaded, RunInfo, write_json
 from otel_leak.report.runner import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,3 +477,67 @@ def test_html_report_from_a_real_run(worker):
     assert p.returncode == 0, p.stderr
     page = (worker / "r.html").read_text()
     assert "<svg" in page and "worker.py" in page
+
+
+def test_html_without_matplotlib_still_renders(monkeypatch):
+    import otel_leak.report.html as h
+
+    monkeypatch.setattr(h, "_mpl", lambda: None)
+    page = h.render_html(_leak_report())
+    assert "<svg" not in page and "otel-leak[html]" in page and "run/tasks.leaky" in page
+
+
+def test_report_verb_survives_odd_but_valid_json(tmp_path, capsys):
+    odd = _leak_report()
+    odd["suspects"] = [1, "x"]
+    odd["allocation_sites"] = [None]
+    odd["processes"] = [{"pid": 1, "verdict": "leak", "suspects": [], "series": {"t_s": "no"}}]
+    (tmp_path / "odd.json").write_text(json.dumps(odd))
+    code = cli.main(["report", str(tmp_path / "odd.json"), "--html", str(tmp_path / "odd.html")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "invalid report" in err
+    assert code in (0, 1)
+
+
+@needs_detector
+def test_sigterm_to_otel_leak_is_forwarded_and_reported(worker):
+    p = subprocess.Popen([OTEL_LEAK, "run", "--report", "r.json", "--", "python", "worker.py", "100000"],
+                         cwd=worker, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    r = json.loads((worker / "r.json").read_text())
+    assert r["signal"] == "SIGTERM" and r["incomplete"] is True and r["tasks_observed"] > 0
+
+
+@needs_detector
+def test_live_status_is_pinned_to_the_last_row_and_released(worker):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([OTEL_LEAK, "run", "--report", "r.json", "--", "python", "worker.py", "600"],
+                         cwd=worker, env=_clean_env(TERM="xterm"), stdin=slave, stdout=slave, stderr=slave,
+                         start_new_session=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait(timeout=60)
+    os.close(master)
+    tty = b"".join(chunks).decode("utf-8", "replace")
+    assert p.returncode == 0, tty
+    assert "\x1b[1;23r" in tty  # scrolling region: every row but the last
+    assert "\x1b[24;1f" in tty and "tasks" in tty  # the status drawn in row 24
+    assert tty.rfind("\x1b[r") > tty.rfind("\x1b[1;23r")  # full region restored before the summary
+    assert "worker done" in tty and "report" in tty

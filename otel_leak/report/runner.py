@@ -4,14 +4,16 @@ The command runs exactly as ``opentelemetry-instrument COMMAND`` would run it (i
 and the working directory first on ``PYTHONPATH``), plus:
 
 * ``OTEL_PYTHON_LEAK_DETECTOR=true`` and ``OTEL_PYTHON_LEAK_REPORT_DIR=<temp dir>``: every instrumented process,
-  including the ones it forks (prefork pools), writes ``<pid>.json`` there;
+  including the ones it forks (prefork pools), writes ``<pid>.json`` there (a REPORT_DIR set by the user is
+  used instead and kept; only files of processes started by this run are merged);
 * the interpreter's ``bin`` directory first on ``PATH`` when missing, so ``python``/``celery`` name the
   environment otel-leak is installed in (the only one where auto-instrumentation can load);
 * ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none`` for each signal with neither an exporter nor an OTLP endpoint
   configured by the user, so nothing tries to reach a collector that is not there.
 
-While it runs, a one-line status (RSS of the whole process tree, tasks, current verdict) is shown on a
-terminal. At exit the per-process files are merged (:mod:`otel_leak.report.merging`) and written.
+While it runs, a one-line status (RSS of the whole process tree, tasks, current verdict) is pinned to the
+terminal's last row (:class:`~otel_leak.report.console.BottomStatus`). Termination signals sent to
+``otel-leak run`` are forwarded to the command. At exit the per-process files are merged (:mod:`otel_leak.report.merging`) and written.
 """
 
 from __future__ import annotations
@@ -379,13 +381,10 @@ def run(opts: Options) -> int:
                 failed = True
                 error(console, f"cannot render the HTML page: {exc.__class__.__name__}: {exc}")
         if not opts.quiet or failed:
-            print_summary(
-                console,
-                report,
-                report_path=shown_report,
-                html_path=shown_html,
-                kept_dir=show_dir,
-            )
+            try:
+                print_summary(console, report, report_path=shown_report, html_path=shown_html, kept_dir=show_dir)
+            except Exception as exc:  # noqa: BLE001 - the verdict line at least
+                error(console, f"verdict {report.get('verdict')} (summary failed: {exc.__class__.__name__}: {exc})")
         code = info.exit_code if info.exit_code is not None else 1
         if code == 0 and failed:
             code = 1
