@@ -300,6 +300,7 @@ def _run(args, *, cwd, env=None, timeout=120, **kw):
     p = subprocess.run([OTEL_LEAK, "run", *args], cwd=cwd, env=env or _clean_env(), capture_output=True,
                        text=True, timeout=timeout, **kw)
     p.elapsed = time.monotonic() - t
+    p.ended = time.time()
     return p
 
 
@@ -319,7 +320,7 @@ WORKER = textwrap.dedent(
     for i in range(n):
         work(i)
         time.sleep(0.002)
-    print("worker done", flush=True)
+    print("worker done", time.time(), os.environ.get("OTEL_TRACES_EXPORTER"), flush=True)
     code = int(os.environ.get("EXIT_CODE", "0"))
     if os.environ.get("CRASH"):
         raise RuntimeError("boom")
@@ -373,12 +374,12 @@ def test_clean_run_exits_zero_with_no_collector_and_no_delay(worker):
     assert "r.json" in p.stderr
     for noise in ("Connection refused", "Failed to export", "Transient error", "UNAVAILABLE", "Traceback"):
         assert noise not in p.stderr, p.stderr
-    # shutdown delay: the whole run against the bare interpreter running the same script
-    t = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import otel_leak"], cwd=worker, check=True, timeout=60)
-    bare = time.monotonic() - t
-    assert p.elapsed < bare + 6.0, (p.elapsed, bare)
-    assert r["duration_s"] < 6.0, r["duration_s"]
+    done_at, exporter = re.search(r"worker done (\S+) (\S+)", p.stdout).groups()
+    assert exporter == "none"
+    # shutdown delay: from the worker's last line to otel-leak's exit (SDK shutdown, merge, summary).
+    # An exporter trying to reach an absent collector holds the exit for ~10 s here.
+    delay = p.ended - float(done_at)
+    assert delay < 4.0, delay
 
 
 @needs_detector
