@@ -275,6 +275,9 @@ def test_html_is_self_contained_with_charts():
     # nothing is fetched: no external URL in src/href/url()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "url(http" not in page and "@import" not in page
+    # the only addresses left are XML namespace names of inline SVG, which nothing fetches
+    assert {u for u in re.findall(r"https?://[^\s\"'<>)]+", page)} <= {
+        "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
 
 
 # ------------------------------------------------------------------------------------------------------

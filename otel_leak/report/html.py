@@ -10,6 +10,7 @@ import datetime as _dt
 import html
 import io
 import os
+import re
 from typing import Any
 
 from otel_leak.report.fmt import bytes_h, fmt_site, rate_h, secs_h, short_path
@@ -51,6 +52,8 @@ def _svg(fig, canvas_cls) -> str:
     text = buf.getvalue()
     start = text.find("<svg")
     svg = text[start:] if start >= 0 else text
+    # drop matplotlib's RDF metadata (creator URLs): the page names no outside address at all
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
     # responsive: let CSS size it
     return svg.replace("<svg ", '<svg class="chart" preserveAspectRatio="xMidYMid meet" ', 1)
 
