@@ -279,6 +279,9 @@ def _validate(m: Mixin) -> None:
         raise ValueError(f"Mixin parameter 'team' must be a plain label value, got {m.team!r}")
     if "{" in m.selector or "}" in m.selector:
         raise ValueError(f"Mixin parameter 'selector' takes matchers without braces, got {m.selector!r}")
+    missing = [x for x in m.service_labels if x not in m.process_labels]
+    if missing:
+        raise ValueError(f"service_labels must be a subset of process_labels; not in process_labels: {missing}")
     if m.seconds("floor_window") >= m.seconds("slope_window"):
         raise ValueError("floor_window must be shorter than slope_window")
     if m.seconds("sustain_window") > m.seconds("slope_window"):

@@ -109,6 +109,7 @@ def test_unknown_parameter_names_it_and_the_valid_ones():
         ({"team": "a team"}, "team"),
         ({"selector": '{job="x"}'}, "without braces"),
         ({"process_labels": "job"}, "tuple of label names"),
+        ({"process_labels": ("service_instance_id",)}, "service_labels must be a subset"),
     ],
 )
 def test_invalid_values_fail_with_the_parameter_name(overrides, match):
