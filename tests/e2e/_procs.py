@@ -448,7 +448,7 @@ def file_tracestore(workdir: Path) -> TraceStore:
 # Prometheus
 
 
-PROMETHEUS_FLAGS = ("--enable-feature=exemplar-storage", "--web.enable-lifecycle", "--log.level=debug")
+PROMETHEUS_FLAGS = ("--enable-feature=exemplar-storage", "--web.enable-lifecycle")
 
 
 @dataclass
@@ -508,6 +508,7 @@ class Prometheus:
         ]
         self.proc = Proc("prometheus", argv, self.workdir / "prometheus.log", cwd=self.workdir).start()
         wait_for_http(f"{self.url}/-/ready", timeout=timeout, proc=self.proc)
+        self.wait_for_targets(timeout=timeout)
         return self
 
     def stop(self) -> None:
@@ -520,14 +521,31 @@ class Prometheus:
         if status != 200:
             raise RuntimeError(f"prometheus reload failed ({status}): {body.decode(errors='replace')}")
 
+    def wait_for_targets(self, timeout: float = 30.0) -> None:
+        """Wait until exactly the configured targets are scraped and up.
+
+        Prometheus applies target changes at most every 5 s (scrape manager), so right after a start or
+        a reload nothing has been scraped yet: data sent before that would be seen late, and exemplars
+        only present for a moment (they travel with one export) would never be seen at all.
+        """
+        want = {f"http://{t}/metrics" for t in self.scrape_targets}
+
+        def ready() -> bool:
+            active = self.api("targets")["activeTargets"]
+            return {t["scrapeUrl"] for t in active} == want and all(t["health"] == "up" for t in active)
+
+        wait_until(ready, timeout=timeout, interval=0.25, what=f"prometheus scraping {sorted(want)}")
+
     def load_rules(self, paths: Iterable[Path]) -> None:
         """Replace the rule files and reload; raises with Prometheus's message if they do not load."""
         self.rule_files = [Path(p) for p in paths]
         self.reload()
 
-    def set_scrape_targets(self, targets: Iterable[str]) -> None:
+    def set_scrape_targets(self, targets: Iterable[str], timeout: float = 30.0) -> None:
+        """Scrape these ``host:port`` targets instead; returns once they are all scraped and up."""
         self.scrape_targets = list(targets)
         self.reload()
+        self.wait_for_targets(timeout=timeout)
 
     def api(self, path: str, **params: Any) -> Any:
         qs = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -568,13 +586,26 @@ class Prometheus:
     def rules(self) -> list[dict]:
         return self.api("rules")["groups"]
 
-    def targets_up(self) -> bool:
-        active = self.api("targets")["activeTargets"]
-        return bool(active) and all(t["health"] == "up" for t in active)
-
 
 # ------------------------------------------------------------------------------------------------
 # Alertmanager
+
+
+# Alertmanager 0.25's send_resolved default per notifier.
+_SEND_RESOLVED_DEFAULT = {
+    "webhook_configs": True,
+    "pagerduty_configs": True,
+    "opsgenie_configs": True,
+    "victorops_configs": True,
+    "pushover_configs": True,
+    "wechat_configs": False,
+    "slack_configs": False,
+    "email_configs": False,
+    "sns_configs": True,
+    "telegram_configs": True,
+    "discord_configs": True,
+    "webex_configs": True,
+}
 
 
 def prepare_alertmanager_config(src: Path, sink_url: str, *, fast: bool = True) -> str:
@@ -605,7 +636,9 @@ def prepare_alertmanager_config(src: Path, sink_url: str, *, fast: bool = True) 
         keys = [k for k in rcv if k.endswith("_configs")]
         if not any(rcv.get(k) for k in keys):
             continue
-        send_resolved = any(bool(c.get("send_resolved", k == "webhook_configs")) for k in keys for c in (rcv.get(k) or []))
+        send_resolved = any(
+            bool(c.get("send_resolved", _SEND_RESOLVED_DEFAULT.get(k, False))) for k in keys for c in (rcv.get(k) or [])
+        )
         for k in keys:
             del rcv[k]
         name = urllib.parse.quote(str(rcv["name"]), safe="")

@@ -151,18 +151,29 @@ def tracestore(e2e_dir: Path, jaeger_bin: str | None) -> Iterator[TraceStore]:
 def collector_factory(
     collector_bin: str, tracestore: TraceStore, e2e_dir: Path
 ) -> Iterator[Callable[..., Collector]]:
-    """``collector_factory(name="...", configs=[...], env={...})``: another collector on its own ports,
-    wired to the session trace store, stopped at session end."""
+    """``collector_factory(name="...", configs=[...], env={...}, tracestore=True)``: another collector on
+    its own ports, stopped at session end. With ``tracestore=True`` its traces go to the session trace
+    store (Jaeger endpoint by env, or ``traces-to-file.yaml`` merged in); pass False for a config
+    without a trace exporter of its own (``agent.yaml``)."""
     started: list[Collector] = []
 
-    def make(name: str = "collector", configs: list[Path] | None = None, env: dict[str, str] | None = None) -> Collector:
-        configs = list(configs or [COLLECTOR_DIR / "config.yaml"]) + tracestore.collector_configs()
-        full_env = tracestore.collector_env()
+    def make(
+        name: str = "collector",
+        configs: list[Path] | None = None,
+        env: dict[str, str] | None = None,
+        tracestore: bool = True,
+    ) -> Collector:
+        configs = list(configs or [COLLECTOR_DIR / "config.yaml"])
+        full_env: dict[str, str] = {}
+        if tracestore:
+            configs += store.collector_configs()
+            full_env.update(store.collector_env())
         full_env.update(env or {})
         col = _procs.start_collector(collector_bin, e2e_dir / name, configs=configs, env=full_env, name=name)
         started.append(col)
         return col
 
+    store = tracestore
     yield make
     for col in reversed(started):
         col.stop()

@@ -128,56 +128,53 @@ SDK_PROGRAM = textwrap.dedent(
 )
 
 
-def test_otlp_metrics_reach_prometheus_with_resource_labels_and_exemplars_linked_to_traces(
-    collector, prometheus, tracestore, tmp_path: Path
-) -> None:
-    service = f"e2e-sdk-{uuid.uuid4().hex[:6]}"
-    instance = f"{service}-0"
-    version = "1.2.3"
+def _run_sdk_program(endpoint: str, resource: dict[str, str], tmp_path: Path, tasks: int = 8) -> dict[str, str]:
+    """Run SDK_PROGRAM against ``endpoint``; returns {trace_id: span_id} of its task spans."""
     counter, hist = names.TASK_COUNT, names.TASK_MEMORY_GROWTH
     spec = {
-        "endpoint": collector.otlp_grpc_url,
-        "resource": {
-            names.RES_SERVICE_NAME: service,
-            names.RES_SERVICE_INSTANCE: instance,
-            names.RES_SERVICE_VERSION: version,
-        },
+        "endpoint": endpoint,
+        "resource": resource,
         "counter": {"name": counter.name, "unit": counter.unit},
         "histogram": {"name": hist.name, "unit": hist.unit},
         "attr": names.ATTR_TASK_NAME,
-        "tasks": 8,
+        "tasks": tasks,
         "pause": 0.5,
     }
     prog = tmp_path / "sdk_program.py"
     prog.write_text(SDK_PROGRAM)
-    start = time.time() - 5
-    res = subprocess.run(
-        [sys.executable, str(prog), json.dumps(spec)], capture_output=True, text=True, timeout=60
-    )
+    res = subprocess.run([sys.executable, str(prog), json.dumps(spec)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     spans = json.loads(res.stdout.strip().splitlines()[-1])
-    span_by_trace = {s["trace_id"]: s["span_id"] for s in spans}
+    return {s["trace_id"]: s["span_id"] for s in spans}
 
-    # The names the collector exposes are the names otel_leak.names says it does.
+
+def _assert_labels_exemplars_and_traces(
+    prometheus, tracestore, resource: dict[str, str], span_by_trace: dict[str, str], since: float, tasks: int = 8
+) -> dict[str, str]:
+    """The SDK program's data is in Prometheus under otel_leak.names' names, with the resource labels,
+    and with exemplars whose trace/span ids the trace store has. Returns the histogram's labels."""
+    counter, hist = names.TASK_COUNT, names.TASK_MEMORY_GROWTH
+    service = resource[names.RES_SERVICE_NAME]
     sel = f'{names.LABEL_SERVICE}="{service}"'
+    # The names the collector exposes are the names otel_leak.names says it does.
     hist_count = prometheus.wait_for(f"{hist.prom}_count{{{sel}}}", timeout=30)
-    prometheus.wait_for(f"{counter.prom}{{{sel}}} >= {spec['tasks']}", timeout=30)
+    prometheus.wait_for(f"{counter.prom}{{{sel}}} >= {tasks}", timeout=30)
 
     labels = hist_count[0]["metric"]
     assert labels[names.LABEL_SERVICE] == service
-    assert labels[names.LABEL_INSTANCE] == instance
-    assert labels[names.LABEL_VERSION] == version
+    assert labels[names.LABEL_INSTANCE] == resource[names.RES_SERVICE_INSTANCE]
+    assert labels[names.LABEL_VERSION] == resource[names.RES_SERVICE_VERSION]
     assert labels[names.LABEL_TASK] == "e2e.task"
     # Operators can group by them.
     grouped = prometheus.query(
         f"sum by ({names.LABEL_SERVICE}, {names.LABEL_INSTANCE}, {names.LABEL_VERSION}) ({counter.prom}{{{sel}}})"
     )
-    assert len(grouped) == 1 and float(grouped[0]["value"][1]) == spec["tasks"]
+    assert len(grouped) == 1 and float(grouped[0]["value"][1]) == tasks, grouped
 
     # Exemplars: stored by Prometheus (exemplar-storage), trace id = one of our spans, and the trace
     # store has that very span.
     def exemplars(series: str) -> list[dict]:
-        found = prometheus.query_exemplars(f"{series}{{{sel}}}", start, time.time() + 5)
+        found = prometheus.query_exemplars(f"{series}{{{sel}}}", since, time.time() + 5)
         return [e for s in found for e in s["exemplars"]]
 
     for series in (f"{hist.prom}_bucket", counter.prom):
@@ -188,6 +185,50 @@ def test_otlp_metrics_reach_prometheus_with_resource_labels_and_exemplars_linked
         assert ex["span_id"] == span_by_trace[ex["trace_id"]]
         stored = tracestore.wait_for_trace(ex["trace_id"], timeout=30)
         assert ex["span_id"] in stored, f"{tracestore.kind} has {stored} for trace {ex['trace_id']}"
+    return labels
+
+
+def _resource(prefix: str) -> dict[str, str]:
+    service = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return {
+        names.RES_SERVICE_NAME: service,
+        names.RES_SERVICE_INSTANCE: f"{service}-0",
+        names.RES_SERVICE_VERSION: "1.2.3",
+    }
+
+
+def test_otlp_metrics_reach_prometheus_with_resource_labels_and_exemplars_linked_to_traces(
+    collector, prometheus, tracestore, tmp_path: Path
+) -> None:
+    resource = _resource("e2e-sdk")
+    since = time.time() - 5
+    spans = _run_sdk_program(collector.otlp_grpc_url, resource, tmp_path)
+    _assert_labels_exemplars_and_traces(prometheus, tracestore, resource, spans, since)
+
+
+def test_agent_forwards_to_gateway(collector_factory, prometheus, tracestore, tmp_path: Path) -> None:
+    """agent.yaml -> (config.yaml + gateway.yaml): the same guarantees through the two-tier setup, plus
+    the agent's host.name for resources that had none."""
+    gateway = collector_factory("gateway", configs=[COLLECTOR_DIR / "config.yaml", COLLECTOR_DIR / "gateway.yaml"])
+    agent = collector_factory(
+        "agent",
+        configs=[COLLECTOR_DIR / "agent.yaml"],
+        env={"OTEL_LEAK_GATEWAY_ENDPOINT": gateway.grpc_endpoint, "OTEL_LEAK_NODE_NAME": "node-e2e"},
+        tracestore=False,
+    )
+    targets = list(prometheus.scrape_targets)
+    prometheus.set_scrape_targets(targets + [gateway.prometheus_endpoint])
+    try:
+        resource = _resource("e2e-agent")
+        since = time.time() - 5
+        spans = _run_sdk_program(agent.otlp_grpc_url, resource, tmp_path)
+        labels = _assert_labels_exemplars_and_traces(prometheus, tracestore, resource, spans, since)
+        assert labels["host_name"] == "node-e2e"
+        assert labels["instance"] == gateway.prometheus_endpoint  # exposed by the gateway, not the agent
+    finally:
+        prometheus.set_scrape_targets(targets)
+        agent.stop()
+        gateway.stop()
 
 
 # ------------------------------------------------------------------------------------------------
