@@ -268,6 +268,7 @@ def test_worker_unharmed_when_collector_restarts(collector_factory, prometheus, 
         _restart_scenario(col, prometheus, start_worker, tmp_path)
     finally:
         prometheus.set_scrape_targets([t for t in prometheus.scrape_targets if t != col.prometheus_endpoint])
+        col.stop()
 
 
 def _restart_scenario(col, prometheus, start_worker, tmp_path: Path) -> None:
