@@ -10,7 +10,7 @@ class Enricher:
 
     @functools.lru_cache(maxsize=None)
     def profile(self, user_id):
-        return [user_id] * 1200  # leak-site
+        return [user_id] * 2000  # leak-site
 
     def enrich(self, user_id):
         return len(self.profile(user_id))

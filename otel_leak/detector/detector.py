@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import gc
 import json
 import logging
 import os
@@ -179,12 +180,24 @@ class Detector:
                 self.malloc_windows.append((s.t, mi[0], mi[1]))
             if t1.trend.candidate and not was and not t1.declared:
                 self._event("suspicion", trend=t1.trend.as_dict())
+                self._young_collect()
         if t1.declared and not was:
             self._declare(s)
         if self.verdict != "leak":
             self.verdict = "no_leak" if len(t1.windows) >= t1.min_windows else "inconclusive"
         if t1.declared and self.tier2_enabled and self.tier2_thread is None:
             self._maybe_tier2(s)
+
+    def _young_collect(self) -> None:
+        """On suspicion, collect the young generations once (bounded work: they hold at most a few
+        thousand objects), so cyclic garbage waiting for the collector is not mistaken for a leak. The next
+        window must show the growth survived. Skipped when the application disabled the collector."""
+        if not gc.isenabled():
+            return
+        t0 = time.perf_counter()
+        gc.collect(1)
+        self.tier1.note_collect()
+        self._event("young_gc", duration_s=round(time.perf_counter() - t0, 4))
 
     def _malloc(self, now: float):
         """glibc in-use/free bytes, at most every few seconds when the allocator is slow to walk."""
@@ -207,7 +220,13 @@ class Detector:
         self.detected_at_tasks = t1.declared_tasks
         self._t1_attr = t1.attribute()
         self.kind = self._kind_tier1()
-        self._event("leak_declared", trend=t1.trend.as_dict(), tasks=t1.declared_tasks)
+        self._event(
+            "leak_declared", trend=t1.trend.as_dict(), tasks=t1.declared_tasks,
+            attribution=[
+                {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence, "share": a.share}
+                for a in self._t1_attr[:5]
+            ],
+        )
         self._update_suspects()
         self._emit_log()
 
@@ -256,6 +275,11 @@ class Detector:
                     "python_growth_bytes_per_s": round(res.python_growth_per_s, 1),
                     "python_growth_bytes_per_task": None if res.python_growth_per_task is None else round(res.python_growth_per_task, 1),
                     "error": res.error,
+                    "phases": res.phases,
+                    "attribution": [
+                        {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence, "share": a.share}
+                        for a in res.attribution[:5]
+                    ],
                 }
                 self.tier2_runs.append(run)
                 if len(self.tier2_runs) > 16:
@@ -331,13 +355,11 @@ class Detector:
         t1 = {a.task: a for a in self._t1_attr}
         res = getattr(self, "_tier2_res", None)
         t2 = {a.task: a for a in (res.attribution if res is not None else [])}
-        w2 = 2.0 if self.kind in ("python_heap", "mixed") else 0.3
+        w2 = 1.5 if self.kind in ("python_heap", "mixed") else 0.3
         scores = {}
         for k in set(t1) | set(t2):
             a1, a2 = t1.get(k), t2.get(k)
-            scores[k] = (a1.share * (0.5 + a1.confidence) if a1 else 0.0) + (
-                w2 * a2.share * (0.5 + a2.confidence) if a2 else 0.0
-            )
+            scores[k] = (a1.share * a1.confidence if a1 else 0.0) + (w2 * a2.share * a2.confidence if a2 else 0.0)
         total = sum(scores.values())
         out = []
         counts = dict(self.stats.counts) if self.stats is not None else {}
@@ -517,6 +539,7 @@ class Detector:
                 "error": self.error,
                 "task_counts": {str(k): int(v) for k, v in counts.items()},
                 "trend": t1.trend.as_dict(),
+                "trends": {k: v.as_dict() for k, v in t1.trends.items()},
                 "tier2": {
                     "seconds": round(self.tier2_time, 3),
                     "share": round(tier2_share, 4),

@@ -135,6 +135,7 @@ class Tier1:
         self.contaminate_until = -math.inf
         self.contaminating = False
         self.tasks_total = 0
+        self.gc_check: dict[str, float] | None = None  # levels before a forced young collection
 
     # ------------------------------------------------------------------ feeding
     def contaminate(self, active: bool, until: float | None = None) -> None:
@@ -144,6 +145,12 @@ class Tier1:
             self.contaminate_until = max(self.contaminate_until, until)
         if active and self.cur is not None:
             self.cur.contaminated = True
+
+    def note_collect(self) -> None:
+        """A young-generation collection was forced: the next window must keep the growth."""
+        if self.windows:
+            w = self.windows[-1]
+            self.gc_check = {"rss": w.level, "used": w.used_level}
 
     def add(self, s, used: int | None = None) -> bool:
         """Feed one sample (and the allocator's in-use bytes, if known); True when a window closed."""
@@ -210,6 +217,14 @@ class Tier1:
         self.trends = {"rss": self.evaluate("rss")}
         if w.used_min is not None:
             self.trends["used"] = self.evaluate("used")
+        check, self.gc_check = self.gc_check, None
+        if check is not None and not w.contaminated:
+            for name, tr in self.trends.items():
+                lvl = w.level if name == "rss" else w.used_level
+                tol = 0.5 * max(0.0, tr.slope) * max(1e-9, w.t1 - w.t0)
+                if tr.candidate and lvl < check[name] - tol:
+                    tr.candidate = False
+                    tr.reasons.append("growth did not survive a garbage collection")
         cands = [tr for tr in self.trends.values() if tr.candidate]
         # The trend shown: a candidate if any (resident memory first), else resident memory.
         self.trend = cands[0] if cands else self.trends["rss"]

@@ -137,6 +137,7 @@ class Tier2Result:
         self.retention_paths: list[dict] = []
         self.error: str | None = None
         self.user_tracing = False
+        self.phases: dict[str, float] = {}
 
 
 def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: float, stop_event=None) -> Tier2Result:
@@ -178,7 +179,9 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
                 mid = _snapshot()
             if now >= window:
                 break
+        t_snap = time.monotonic()
         end = _snapshot()
+        res.phases["traced_s"] = round(t_snap - t0, 3)
         res.traced_end = tracemalloc.get_traced_memory()[0]
         res.tasks = (stats.total if stats is not None else 0) - total0
         span = ts[-1] if ts[-1] > 0 else 1.0
@@ -187,9 +190,13 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
             res.python_growth_per_task = res.python_growth_per_s * span / res.tasks
         res.attribution = regress(rows_c, rows_y)
         res.sites = _sites(mid, end)
+        t_an = time.monotonic()
+        res.phases["snapshot_analysis_s"] = round(t_an - t_snap, 3)
+        del mid, end
         if tier3 and res.sites and tier3_budget > 0:
             try:
                 res.retention_paths = retention_paths(res.sites[0], tier3_budget)
+                res.phases["tier3_s"] = round(time.monotonic() - t_an, 3)
             except Exception as exc:  # tier 3 is best effort
                 res.retention_paths = [{"error": f"{type(exc).__name__}: {exc}"}]
     except Exception as exc:
@@ -271,11 +278,26 @@ def _describe(obj, child) -> dict:
                     d["index"] = i
                     break
             d["len"] = len(obj)
+        elif type(obj) is _FRAME:
+            d["function"] = obj.f_code.co_name
+            d["file"] = obj.f_code.co_filename
+            d["line"] = obj.f_lineno
+            for k, v in obj.f_locals.items():
+                if v is child:
+                    d["key"] = k
+                    break
         elif hasattr(obj, "__dict__") or hasattr(type(obj), "__qualname__"):
             d["type"] = getattr(type(obj), "__qualname__", d["type"])
     except Exception:
         pass
     return d
+
+
+_FRAME = type(sys._getframe())
+
+
+def _our_frame(o) -> bool:
+    return type(o) is _FRAME and any(x in o.f_code.co_filename for x in _OWN)
 
 
 def _module_of_dict(dct) -> str | None:
@@ -342,13 +364,15 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
             break
         refs = [
             r for r in gc.get_referrers(cur)
-            if id(r) not in ignore and not isinstance(r, type(sys._getframe())) and r is not chain
+            if id(r) not in ignore and r is not chain and not _our_frame(r)
         ]
         if not refs:
             complete = True
             break
         # Prefer module globals and long-lived containers over transient ones.
-        refs.sort(key=lambda r: (0 if isinstance(r, dict) and _module_of_dict(r) else 1))
+        refs = refs[:64]
+        mods = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
+        refs.sort(key=lambda r: 0 if id(r) in mods else 1)
         parent = refs[0]
         step = _describe(parent, cur)
         chain.append(step)
