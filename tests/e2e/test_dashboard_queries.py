@@ -170,6 +170,7 @@ def _otel_leak_alert_firing(prom: Prometheus) -> bool:
 def run(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator[Run]:
     procs: list[Proc] = []
     instances = {}
+    prometheus.wait_for_targets()  # scraping before the workers start: no early exemplar is lost
     start = time.time() - 5
     try:
         for version in VERSIONS:
