@@ -88,7 +88,7 @@ TIER2_SHARE = setting(
 TIER2_FRAMES = setting(
     "DETECTOR_TIER2_FRAMES",
     "int",
-    40,
+    32,
     "Frames kept per tracemalloc traceback (deep enough to reach the task's own code).",
     minimum=1,
     maximum=500,

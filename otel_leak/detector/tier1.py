@@ -36,7 +36,7 @@ from otel_leak.detector import robust
 PAGE = 4096
 MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
 TREND_WINDOWS = 16  # windows a trend is evaluated on
-MAX_INCREMENTS = 300  # per-sample increments kept for the regression
+MAX_INCREMENTS = 400  # per-sample increments kept for the regression
 MAX_COLUMNS = 24  # task types in one regression (the rest are pooled)
 POOLED = "(other task types)"
 
@@ -225,8 +225,10 @@ class Tier1:
                 if tr.candidate and lvl < check[name] - tol:
                     tr.candidate = False
                     tr.reasons.append("growth did not survive a garbage collection")
-        cands = [tr for tr in self.trends.values() if tr.candidate]
-        # The trend shown: a candidate if any (resident memory first), else resident memory.
+        # Allocator in-use bytes first: exact accounting, charged to the task that holds the memory (resident
+        # memory lands on whichever task first touches fresh pages, e.g. after another freed a chunk).
+        cands = [tr for name, tr in sorted(self.trends.items(), key=lambda kv: kv[0] != "used") if tr.candidate]
+        # The trend shown: a candidate if any, else resident memory.
         self.trend = cands[0] if cands else self.trends["rss"]
         if cands:
             self.candidate_streak += 1

@@ -219,17 +219,15 @@ def _snapshot():
 def _sites(mid, end, top: int = 10) -> list[dict]:
     if end is None:
         return []
-    end_stats = end.statistics("traceback")
     if mid is not None:
-        diff_by_tb = {d.traceback: d for d in end.compare_to(mid, "traceback")}
+        stats = end.compare_to(mid, "traceback")  # one grouping pass: end sizes and the growth since mid
     else:
-        diff_by_tb = {}
+        stats = end.statistics("traceback")
     groups: dict[tuple[str, int], dict] = {}
-    for st in end_stats:
+    for st in stats:
         tb = st.traceback
-        d = diff_by_tb.get(tb)
-        grew = d is not None and d.size_diff > 0 and d.count_diff > 0
-        if mid is not None and not grew:
+        diff = getattr(st, "size_diff", st.size)
+        if mid is not None and not (diff > 0 and st.count_diff > 0):
             continue
         if ours(tb):
             continue
@@ -242,7 +240,7 @@ def _sites(mid, end, top: int = 10) -> list[dict]:
                                 "_best": (0, tb)}
         g["retained_bytes"] += st.size
         g["count"] += st.count
-        g["growth_bytes"] += d.size_diff if d is not None else st.size
+        g["growth_bytes"] += diff
         if st.size > g["_best"][0]:
             g["_best"] = (st.size, tb)
     out = sorted(groups.values(), key=lambda g: -g["growth_bytes"])
