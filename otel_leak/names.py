@@ -210,6 +210,12 @@ LABEL_GC_GENERATION = label(ATTR_GC_GENERATION)  # cpython_gc_generation
 LABEL_SERVICE = label(RES_SERVICE_NAME)  # service_name
 LABEL_INSTANCE = label(RES_SERVICE_INSTANCE)  # service_instance_id
 LABEL_VERSION = label(RES_SERVICE_VERSION)  # service_version
+LABEL_PID = label(SPAN_PID)  # process_pid: prefork children share their parent's resource
+LABEL_JOB = "job"  # set by the collector's prometheus exporter from service.namespace/service.name
+LABEL_PROM_INSTANCE = "instance"  # the scrape target (the collector), not the worker
+# Alert labels
+LABEL_SEVERITY = "severity"  # warning | critical
+LABEL_TEAM = "team"
 
 # --------------------------------------------------------------------------------------------------
 # Settings (OTEL_PYTHON_LEAK_*); defaults and parsing live in otel_leak.config
