@@ -30,7 +30,7 @@ def send_email(i: int) -> str:
 
 
 def main() -> None:
-    n = int(os.environ.get("DEMO_TASKS", "3000"))
+    n = int(os.environ.get("DEMO_TASKS", "12000"))
     delay = float(os.environ.get("DEMO_TASK_SECONDS", "0.002"))
     tasks = [resize_image, remember_user, send_email]
     rng = random.Random(7)
