@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any
 
+from otel_leak._files import atomic_write_text
 from otel_leak.report.fmt import bytes_h, fmt_site, rate_h, secs_h, short_path
 from otel_leak.report.schema import is_num
 
@@ -544,15 +545,4 @@ def _shell_join(cmd: list[str]) -> str:
 
 def write_html(report: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
     """Render and write atomically. Raises OSError when the path cannot be written."""
-    page = render_html(report, title=title)
-    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, render_html(report, title=title))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from otel_leak._files import atomic_write_text
 from otel_leak.report.schema import (
     PROCESS_SCHEMA,
     REPORT_SCHEMA,
@@ -503,20 +504,8 @@ def merge_dir(directory: str | os.PathLike, run: RunInfo | None = None) -> dict:
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
     """Write atomically (temp file in the same directory, then rename). Raises OSError on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps(_finite(report), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, data + "\n")
 
 
 def _finite(o: Any) -> Any:
