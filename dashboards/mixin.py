@@ -31,26 +31,20 @@ from otel_leak import names
 
 MiB = 1024 * 1024
 
-# Prometheus' own target labels: not OTel attributes, so not in otel_leak.names.
-PROM_JOB = "job"
-PROM_INSTANCE = "instance"
-# Every otel-leak data point carries process.pid (prefork children share their parent's resource).
-LABEL_PID = names.label(names.SPAN_PID)
-
 # Labels that identify one worker process, and one service. Alerts keep these so a page names them.
+# job and instance are Prometheus' own target labels (instance is the collector, not the worker); every
+# otel-leak data point also carries process_pid (prefork children share their parent's resource).
 PROCESS_LABELS = (
-    PROM_JOB,
-    PROM_INSTANCE,
+    names.LABEL_JOB,
+    names.LABEL_PROM_INSTANCE,
     names.LABEL_SERVICE,
     names.LABEL_INSTANCE,
     names.LABEL_VERSION,
-    LABEL_PID,
+    names.LABEL_PID,
 )
-SERVICE_LABELS = (PROM_JOB, names.LABEL_SERVICE)
+SERVICE_LABELS = (names.LABEL_JOB, names.LABEL_SERVICE)
 
-# Labels the alerts add (Alertmanager routes on them).
-LABEL_SEVERITY = "severity"
-LABEL_TEAM = "team"
+# Values of the names.LABEL_SEVERITY label the alerts add (Alertmanager routes on it and on names.LABEL_TEAM).
 SEVERITIES = ("warning", "critical")
 
 # --------------------------------------------------------------------------------------------------

@@ -20,16 +20,7 @@ from typing import Any
 
 import yaml
 
-from dashboards.mixin import (
-    ALERTS,
-    LABEL_PID,
-    LABEL_SEVERITY,
-    LABEL_TEAM,
-    PARAMETERS,
-    RECORDING_RULES as R,
-    Mixin,
-    check_parameters,
-)
+from dashboards.mixin import ALERTS, PARAMETERS, RECORDING_RULES as R, Mixin, check_parameters
 from otel_leak import names
 
 PRODUCTION_FILE = "prometheus-rules.yaml"
@@ -41,6 +32,9 @@ INSTANCE = names.LABEL_INSTANCE
 VERSION = names.LABEL_VERSION
 TASK = names.LABEL_TASK
 GENERATION = names.LABEL_GC_GENERATION
+PID = names.LABEL_PID
+SEVERITY = names.LABEL_SEVERITY
+TEAM = names.LABEL_TEAM
 
 
 def _lbl(label: str) -> str:
@@ -50,7 +44,7 @@ def _lbl(label: str) -> str:
 
 # "worker <instance> (pid <pid>, version <v>) of <service>", as alert text
 WORKER_TEXT = (
-    f"worker {_lbl(INSTANCE)} (pid {_lbl(LABEL_PID)}, version {_lbl(VERSION)}) of service {_lbl(SERVICE)}"
+    f"worker {_lbl(INSTANCE)} (pid {_lbl(PID)}, version {_lbl(VERSION)}) of service {_lbl(SERVICE)}"
 )
 PER_HOUR = "{{ $value | humanize1024 }}B/h"
 
@@ -147,7 +141,7 @@ class Rules:
             "alert": name,
             "expr": expr,
             "for": for_,
-            "labels": {LABEL_SEVERITY: severity, LABEL_TEAM: self.m.team},
+            "labels": {SEVERITY: severity, TEAM: self.m.team},
             "annotations": {
                 "summary": summary,
                 "description": description,
@@ -298,7 +292,7 @@ class Rules:
                 ),
                 m.absent_for,
                 (
-                    f"{{{{ if $labels.{INSTANCE} }}}}{_lbl(SERVICE)} worker {_lbl(INSTANCE)} (pid {_lbl(LABEL_PID)})"
+                    f"{{{{ if $labels.{INSTANCE} }}}}{_lbl(SERVICE)} worker {_lbl(INSTANCE)} (pid {_lbl(PID)})"
                     f" stopped reporting{{{{ else }}}}No worker of {_lbl(SERVICE)} reports{{{{ end }}}} memory telemetry."
                 ),
                 (

@@ -22,13 +22,14 @@ import pytest
 import yaml
 
 from dashboards import alertmanager as am
-from dashboards.mixin import ALERTS, LABEL_PID, Mixin
+from dashboards.mixin import ALERTS, Mixin
 from otel_leak import names
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEAM = Mixin().team
+SEVERITY, TEAM_LABEL = names.LABEL_SEVERITY, names.LABEL_TEAM
 
 
 def binary(name: str) -> str:
@@ -74,21 +75,21 @@ def test_rendered_config_is_valid(tmp_path):
 
 # (labels, receivers) -- every route of the documented routing table
 ROUTES = [
-    ({"alertname": "OtelLeakMemoryFloorGrowing", "severity": "critical", "team": TEAM, names.LABEL_SERVICE: "billing"},
+    ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", TEAM_LABEL: TEAM, names.LABEL_SERVICE: "billing"},
      "workers-pagerduty,workers-webhook"),
-    ({"alertname": "OtelLeakMemoryFillingUp", "severity": "critical", "team": TEAM}, "workers-pagerduty,workers-webhook"),
-    ({"alertname": "OtelLeakMemoryFloorGrowing", "severity": "warning", "team": TEAM, names.LABEL_SERVICE: "billing"},
+    ({"alertname": "OtelLeakMemoryFillingUp", SEVERITY: "critical", TEAM_LABEL: TEAM}, "workers-pagerduty,workers-webhook"),
+    ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "warning", TEAM_LABEL: TEAM, names.LABEL_SERVICE: "billing"},
      "workers-webhook"),
-    ({"alertname": "OtelLeakTaskRetainingMemory", "severity": "warning", "team": TEAM, names.LABEL_TASK: "resize"},
+    ({"alertname": "OtelLeakTaskRetainingMemory", SEVERITY: "warning", TEAM_LABEL: TEAM, names.LABEL_TASK: "resize"},
      "workers-webhook"),
-    ({"alertname": "OtelLeakTelemetryAbsent", "severity": "info", "team": TEAM}, "workers-webhook"),
-    ({"alertname": "OtelLeakMemoryFloorGrowing", "severity": "critical", "team": "payments"}, "default-webhook"),
-    ({"alertname": "OtelLeakMemoryFloorGrowing", "severity": "critical"}, "default-webhook"),
+    ({"alertname": "OtelLeakTelemetryAbsent", SEVERITY: "info", TEAM_LABEL: TEAM}, "workers-webhook"),
+    ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", TEAM_LABEL: "payments"}, "default-webhook"),
+    ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical"}, "default-webhook"),
     ({"alertname": "Watchdog"}, "default-webhook"),
 ]
 
 
-@pytest.mark.parametrize("labels, receivers", ROUTES, ids=[f"{l.get('team', '-')}/{l.get('severity', '-')}/{r}" for l, r in ROUTES])
+@pytest.mark.parametrize("labels, receivers", ROUTES, ids=[f"{l.get(TEAM_LABEL, '-')}/{l.get(SEVERITY, '-')}/{r}" for l, r in ROUTES])
 def test_amtool_routes(labels, receivers):
     args = [f"{k}={v}" for k, v in labels.items()]
     out = run(binary("amtool"), "config", "routes", "test", f"--config.file={CONFIG}",
@@ -99,7 +100,7 @@ def test_amtool_routes(labels, receivers):
 
 def test_routing_matches_the_rules_team_and_receivers_exist():
     c = cfg()
-    team_routes = [r for r in c["route"]["routes"] if f'team="{TEAM}"' in r.get("matchers", [])]
+    team_routes = [r for r in c["route"]["routes"] if f'{TEAM_LABEL}="{TEAM}"' in r.get("matchers", [])]
     assert team_routes, f"no route for team {TEAM!r} (the rules generator's default team)"
     assert {r["name"] for r in c["receivers"]} == set(am.RECEIVERS)
 
@@ -107,9 +108,9 @@ def test_routing_matches_the_rules_team_and_receivers_exist():
 def test_grouping_and_inhibition_use_project_labels():
     c = cfg()
     assert c["route"]["group_by"] == ["alertname", names.LABEL_SERVICE]
-    by_crit = next(r for r in c["inhibit_rules"] if r["source_matchers"] == ['severity="critical"'])
-    assert by_crit["target_matchers"] == ['severity="warning"']
-    assert by_crit["equal"] == ["alertname", names.LABEL_SERVICE, names.LABEL_INSTANCE, LABEL_PID, names.LABEL_TASK]
+    by_crit = next(r for r in c["inhibit_rules"] if r["source_matchers"] == [f'{SEVERITY}="critical"'])
+    assert by_crit["target_matchers"] == [f'{SEVERITY}="warning"']
+    assert by_crit["equal"] == ["alertname", names.LABEL_SERVICE, names.LABEL_INSTANCE, names.LABEL_PID, names.LABEL_TASK]
     for rule in c["inhibit_rules"]:
         for m in rule["source_matchers"] + rule["target_matchers"]:
             if m.startswith("alertname="):
@@ -194,12 +195,12 @@ def test_real_alertmanager_delivers(tmp_path):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("alertmanager did not start")
                 time.sleep(0.1)
-        worker = {names.LABEL_SERVICE: "billing", names.LABEL_INSTANCE: "host-a", LABEL_PID: "101", "team": TEAM}
+        worker = {names.LABEL_SERVICE: "billing", names.LABEL_INSTANCE: "host-a", names.LABEL_PID: "101", TEAM_LABEL: TEAM}
         ann = {"summary": "s", "description": "d", "runbook_url": Mixin().runbook_url("OtelLeakMemoryFloorGrowing")}
         alerts = [
-            {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", "severity": "critical", **worker}, "annotations": ann},
-            {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", "severity": "warning", **worker}, "annotations": ann},
-            {"labels": {"alertname": "OtelLeakTelemetryAbsent", "severity": "warning", names.LABEL_SERVICE: "search"},
+            {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", **worker}, "annotations": ann},
+            {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "warning", **worker}, "annotations": ann},
+            {"labels": {"alertname": "OtelLeakTelemetryAbsent", SEVERITY: "warning", names.LABEL_SERVICE: "search"},
              "annotations": {"summary": "s2"}},
         ]
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v2/alerts", data=json.dumps(alerts).encode(),
@@ -220,7 +221,7 @@ def test_real_alertmanager_delivers(tmp_path):
 
     # webhook v4 payload, the warning inhibited by the critical of the same alert and worker
     workers = [a for b in by_path["/otel-leak/workers"] for a in b["alerts"]]
-    assert {a["labels"]["severity"] for a in workers} == {"critical"}
+    assert {a["labels"][SEVERITY] for a in workers} == {"critical"}
     body = by_path["/otel-leak/workers"][0]
     assert body["version"] == "4" and body["receiver"] == "workers-webhook"
     assert body["groupLabels"] == {"alertname": "OtelLeakMemoryFloorGrowing", names.LABEL_SERVICE: "billing"}
