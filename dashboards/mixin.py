@@ -61,11 +61,15 @@ RECORDING_RULES = {
     "mature_slope": f"process:{names.MEMORY_FLOOR.prom}:deriv_mature",
     # per service: mean of the above over the service's mature processes (the fleet signal)
     "service_mature_slope": f"service:{names.MEMORY_FLOOR.prom}:deriv_mature",
-    # per process and task type: resident memory retained (growth minus release), bytes/s and bytes per call
-    "task_retained_rate": f"process_task:{_NS}_task_memory_retained_bytes:rate",
-    "task_retained_per_call": f"process_task:{_NS}_task_memory_retained_bytes:per_call",
-    # per process: the same summed over all task types (bytes/s)
-    "process_retained_rate": f"process:{_NS}_task_memory_retained_bytes:rate",
+    # per process and task type: bytes/s retained as attributed by the embedded detector (its retained bytes
+    # per call of a suspected task type times that type's call rate). What OtelLeakTaskRetainingMemory uses.
+    "task_detector_retained_rate": f"process_task:{_NS}_detector_retained_bytes:rate",
+    # per process and task type: the NAIVE per-task RSS signal, growth minus release of resident memory measured
+    # around each call (bytes/s, and bytes per call). Neighbour-sensitive: a task that allocates into pages a
+    # leaking neighbour forced the allocator to take shows the growth instead of the leaker. Dashboards only:
+    # no alert uses it.
+    "task_net_growth_rate": f"process_task:{_NS}_task_memory_net_growth_bytes:rate",
+    "task_net_growth_per_call": f"process_task:{_NS}_task_memory_net_growth_bytes:per_call",
     # per process and GC generation: mean GC pause over gc_window (seconds)
     "gc_pause_mean": f"process:{names.GC_PAUSE.prom}:mean",
 }
@@ -158,12 +162,16 @@ class Mixin:
     limit_used_critical_ratio: float = _num(0.8, "... and already uses more than this fraction of it.")
     limit_for: str = _dur("1h", "for: of both.")
 
-    # ---- per task type
-    task_window: str = _dur("1h", "rate() window of the per-task growth/release histograms.")
-    task_retained_warning_bytes_per_hour: float = _num(
-        16 * MiB, "A task type retaining more than this (growth minus release) in a process retaining as much."
+    # ---- per task type (the embedded detector's attribution)
+    task_window: str = _dur(
+        "1h", "rate() window of the per-task call rate (and of the naive growth/release recording rules)."
     )
-    task_for: str = _dur("1h", "for: of the task alert.")
+    task_retained_warning_bytes_per_hour: float = _num(
+        16 * MiB, "Warning: a task type the detector suspects retains more than this (per call x call rate) ..."
+    )
+    task_retained_critical_bytes_per_hour: float = _num(64 * MiB, "Critical: ... more than this.")
+    task_for_warning: str = _dur("30m", "for: of the task warning (the detector has already confirmed its verdict).")
+    task_for_critical: str = _dur("1h", "for: of the task critical (not shorter than the warning's).")
 
     # ---- embedded detector
     detector_for: str = _dur("15m", "for: of the detector-verdict alert.")
@@ -282,6 +290,12 @@ def _validate(m: Mixin) -> None:
         raise ValueError("sustain_window must not be longer than slope_window")
     if m.seconds("floor_for_critical") < m.seconds("floor_for_warning"):
         raise ValueError("floor_for_critical must not be shorter than floor_for_warning (warning fires first)")
+    if m.seconds("task_for_critical") < m.seconds("task_for_warning"):
+        raise ValueError("task_for_critical must not be shorter than task_for_warning (warning fires first)")
+    if m.task_retained_critical_bytes_per_hour < m.task_retained_warning_bytes_per_hour:
+        raise ValueError(
+            "task_retained_critical_bytes_per_hour must not be below task_retained_warning_bytes_per_hour"
+        )
     if m.seconds("limit_horizon_critical") > m.seconds("limit_horizon_warning"):
         raise ValueError("limit_horizon_critical must not be longer than limit_horizon_warning")
     for r in ("limit_used_warning_ratio", "limit_used_critical_ratio"):
@@ -295,7 +309,9 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Short windows for the end-to-end test (1 s scrape interval, steady leak of several MiB/s, healthy control).
 # Timeline of a 3 MiB/s leak starting at t0: the floor (20 s window) rises from t0+20s; its 60 s slope passes
 # 0.5 MiB/s at ~t0+36s and 1 MiB/s at ~t0+42s; warning fires ~t0+81s, critical ~t0+117s (plus one rule
-# evaluation). A healthy worker's warm-up shorter than ~20 s or a GC cycle shorter than 20 s never fires.
+# evaluation). OtelLeakTaskRetainingMemory fires 20 s (warning) and 40 s (critical) after the embedded detector
+# names the task, with its call rate over 30 s. A healthy worker's warm-up shorter than ~20 s or a GC cycle
+# shorter than 20 s never fires.
 E2E_OVERRIDES: dict[str, Any] = dict(
     rule_interval="2s",
     floor_window="20s",
@@ -311,7 +327,9 @@ E2E_OVERRIDES: dict[str, Any] = dict(
     limit_for="30s",
     task_window="30s",
     task_retained_warning_bytes_per_hour=1800 * MiB,  # 0.5 MiB/s
-    task_for="45s",
+    task_retained_critical_bytes_per_hour=3600 * MiB,  # 1 MiB/s
+    task_for_warning="20s",
+    task_for_critical="40s",
     detector_for="10s",
     gc_window="30s",
     gc_baseline_offset="2m",

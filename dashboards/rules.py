@@ -58,9 +58,10 @@ class Rules:
         self.S = ", ".join(m.service_labels)
 
     # -- selectors
-    def sel(self, metric: names.Metric, suffix: str = "") -> str:
+    def sel(self, metric: names.Metric, suffix: str = "", *matchers: str) -> str:
         name = metric.prom + suffix
-        return f"{name}{{{self.m.selector}}}" if self.m.selector else name
+        ms = ", ".join(x for x in (self.m.selector, *matchers) if x)
+        return f"{name}{{{ms}}}" if ms else name
 
     @property
     def rss(self) -> str:
@@ -109,12 +110,24 @@ class Rules:
             },
             {"record": R["service_mature_slope"], "expr": f"avg by ({S}) ({R['mature_slope']})"},
             {
-                # Growth minus release; a task type with only one of the two histograms counts the other as 0.
-                "record": R["task_retained_rate"],
+                # NAIVE per-task signal, for dashboards only: growth minus release of resident memory measured
+                # around each call; a task type with only one of the two histograms counts the other as 0. A
+                # neighbour of the leaking task can carry the growth (it allocates into fresh pages because
+                # the leak kept the freed ones), so no alert uses these two rules.
+                "record": R["task_net_growth_rate"],
                 "expr": f"({g} or 0 * {r})\n- ({r} or 0 * {g})",
             },
-            {"record": R["task_retained_per_call"], "expr": f"{R['task_retained_rate']}\n/ ({calls} > 0)"},
-            {"record": R["process_retained_rate"], "expr": f"sum by ({P}) ({R['task_retained_rate']})"},
+            {"record": R["task_net_growth_per_call"], "expr": f"{R['task_net_growth_rate']}\n/ ({calls} > 0)"},
+            {
+                # What the alert uses: the detector's attribution (regression of window growth on task counts,
+                # tracemalloc in tier 2) in bytes per call of each suspected task type, times its call rate.
+                # The detector exports a series only for the task types it suspects.
+                "record": R["task_detector_retained_rate"],
+                "expr": (
+                    f"max by ({P}, {TASK}) ({self.sel(names.DETECTOR_RETAINED_PER_CALL)})\n"
+                    f"* on({P}, {TASK})\n{calls}"
+                ),
+            },
             {
                 "record": R["gc_pause_mean"],
                 "expr": (
@@ -203,26 +216,36 @@ class Rules:
                 )
             )
 
-        # 3. A task type retaining memory, in a process that retains memory overall
-        thr = _num(m.task_retained_warning_bytes_per_hour)
-        out.append(
-            self._alert(
-                "OtelLeakTaskRetainingMemory",
-                "warning",
-                (
-                    f"{R['task_retained_rate']} * 3600 > {thr}\n"
-                    f"and on({P}) ({R['process_retained_rate']} * 3600 > {thr})"
-                ),
-                m.task_for,
-                f"Task {_lbl(TASK)} retains {PER_HOUR} in {_lbl(SERVICE)} worker {_lbl(INSTANCE)}.",
-                (
-                    f"Tasks of type {_lbl(TASK)} on {WORKER_TEXT} grow resident memory by {PER_HOUR} more than "
-                    f"they release (over {m.task_window}), and the process as a whole retains more than "
-                    f"{_human_bytes(m.task_retained_warning_bytes_per_hour)}/h. Retained per call: "
-                    f"{self.query_value(R['task_retained_per_call'], 'humanize1024', TASK)}B. Open an exemplar of this task on the Tasks dashboard."
-                ),
+        # 3. A task type retaining memory, as the embedded detector attributes it (warning, critical). Only
+        # task types the detector suspects (verdict 1 for the task) can fire; the naive per-task RSS rules
+        # never page (they name the neighbour of a leak as often as the leaker).
+        rate = R["task_detector_retained_rate"]
+        task_set = f'{TASK}!=""'
+        suspected = f"{self.sel(names.DETECTOR_VERDICT, '', task_set)} >= 1"
+        per_call = self.query_value(names.DETECTOR_RETAINED_PER_CALL.prom, "humanize1024", TASK)
+        confidence = self.query_value(names.DETECTOR_CONFIDENCE.prom, "humanizePercentage", TASK)
+        for sev in ("warning", "critical"):
+            thr = getattr(m, f"task_retained_{sev}_bytes_per_hour")
+            for_ = getattr(m, f"task_for_{sev}")
+            out.append(
+                self._alert(
+                    "OtelLeakTaskRetainingMemory",
+                    sev,
+                    f"{rate} * 3600 > {_num(thr)}\nand on({P}, {TASK}) ({suspected})",
+                    for_,
+                    f"Task {_lbl(TASK)} retains {PER_HOUR} in {_lbl(SERVICE)} worker {_lbl(INSTANCE)}.",
+                    (
+                        f"The leak detector embedded in {WORKER_TEXT} suspects task type {_lbl(TASK)}: it "
+                        f"attributes {per_call}B retained per call to it (confidence {confidence}), "
+                        f"{PER_HOUR} at the task's call rate over {m.task_window}, above "
+                        f"{_human_bytes(thr)}/h for {for_}. The detector regresses memory growth on task "
+                        f"counts (and diffs tracemalloc snapshots), so a neighbour task whose own RSS grows "
+                        f"because it allocates into fresh pages is not named. Its diagnosis log "
+                        f"({names.LOG_DIAGNOSIS}) names the allocation sites; open an exemplar of this task on "
+                        f"the Tasks dashboard."
+                    ),
+                )
             )
-        )
 
         # 4. The embedded detector's own verdict
         out.append(

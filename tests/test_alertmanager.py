@@ -82,6 +82,8 @@ ROUTES = [
      "workers-webhook"),
     ({"alertname": "OtelLeakTaskRetainingMemory", SEVERITY: "warning", TEAM_LABEL: TEAM, names.LABEL_TASK: "resize"},
      "workers-webhook"),
+    ({"alertname": "OtelLeakTaskRetainingMemory", SEVERITY: "critical", TEAM_LABEL: TEAM, names.LABEL_TASK: "resize"},
+     "workers-pagerduty,workers-webhook"),
     ({"alertname": "OtelLeakTelemetryAbsent", SEVERITY: "info", TEAM_LABEL: TEAM}, "workers-webhook"),
     ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", TEAM_LABEL: "payments"}, "default-webhook"),
     ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical"}, "default-webhook"),

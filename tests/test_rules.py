@@ -110,6 +110,8 @@ def test_unknown_parameter_names_it_and_the_valid_ones():
         ({"selector": '{job="x"}'}, "without braces"),
         ({"process_labels": "job"}, "tuple of label names"),
         ({"process_labels": ("service_instance_id",)}, "service_labels must be a subset"),
+        ({"task_for_critical": "10m"}, "task_for_critical"),
+        ({"task_retained_critical_bytes_per_hour": 1}, "task_retained_critical_bytes_per_hour"),
     ],
 )
 def test_invalid_values_fail_with_the_parameter_name(overrides, match):
@@ -198,6 +200,95 @@ def test_warning_and_critical_pairs():
         sev.setdefault(a["alert"], set()).add(a["labels"]["severity"])
     assert sev["OtelLeakMemoryFloorGrowing"] == {"warning", "critical"}
     assert sev["OtelLeakMemoryFillingUp"] == {"warning", "critical"}
+    assert sev["OtelLeakTaskRetainingMemory"] == {"warning", "critical"}
+
+
+def _closure(expr: str, records: dict[str, str]) -> set[str]:
+    """Every series name an expression reads, through the recording rules it uses."""
+    seen: set[str] = set()
+    todo = [expr]
+    while todo:
+        for ident in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r'"[^"]*"', "", todo.pop())):
+            if ident not in seen:
+                seen.add(ident)
+                if ident in records:
+                    todo.append(records[ident])
+    return seen
+
+
+NAIVE = {RECORDING_RULES["task_net_growth_rate"], RECORDING_RULES["task_net_growth_per_call"]}
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_no_alert_pages_on_the_naive_per_task_rss_signal(path):
+    """The per-task RSS deltas name a leak's neighbour as often as the leaker: dashboards only."""
+    records = {r["record"]: r["expr"] for r in load(path) if "record" in r}
+    assert NAIVE <= set(records)
+    histograms = {names.TASK_MEMORY_GROWTH.prom + s for s in ("_sum", "_count", "_bucket")}
+    histograms |= {names.TASK_MEMORY_RELEASE.prom + s for s in ("_sum", "_count", "_bucket")}
+    for a in alerts(path):
+        used = _closure(a["expr"], records)
+        assert not used & (NAIVE | histograms), f"{a['alert']} ({a['labels']['severity']}) reads {used & (NAIVE | histograms)}"
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_task_alert_is_the_detectors_attribution(path):
+    records = {r["record"]: r["expr"] for r in load(path) if "record" in r}
+    task_alerts = [a for a in alerts(path) if a["alert"] == "OtelLeakTaskRetainingMemory"]
+    assert len(task_alerts) == 2
+    for a in task_alerts:
+        used = _closure(a["expr"], records)
+        # retained bytes per call of a suspected task x its call rate, only where the task's verdict is 1
+        assert {names.DETECTOR_RETAINED_PER_CALL.prom, names.TASK_COUNT.prom, names.DETECTOR_VERDICT.prom} <= used
+        assert RECORDING_RULES["task_detector_retained_rate"] in a["expr"]
+        assert f'{names.LABEL_TASK}!=""' in a["expr"]
+        # joined on the whole process identity (pid included) and the task
+        join = f"on({', '.join(Mixin().process_labels)}, {names.LABEL_TASK})"
+        assert join in a["expr"] and join in records[RECORDING_RULES["task_detector_retained_rate"]]
+
+
+def test_process_and_service_labels_come_from_names():
+    m = Mixin()
+    assert m.process_labels == (
+        names.LABEL_JOB, names.LABEL_PROM_INSTANCE, names.LABEL_SERVICE, names.LABEL_INSTANCE, names.LABEL_VERSION,
+        names.LABEL_PID,
+    )
+    assert m.service_labels == (names.LABEL_JOB, names.LABEL_SERVICE)
+    for a in alerts(GENERATED / rules.PRODUCTION_FILE):
+        assert set(a["labels"]) == {names.LABEL_SEVERITY, names.LABEL_TEAM}
+
+
+# Labels a firing alert must carry, by alert: checked on every alert the promtool suites expect to fire, so
+# the pages they pin name the service, the worker (service_instance_id), the process (pid) and the task.
+WORKER = {names.LABEL_SERVICE, names.LABEL_INSTANCE, names.LABEL_PID, names.LABEL_VERSION}
+PAGE_LABELS = {
+    "OtelLeakMemoryFloorGrowing": WORKER,
+    "OtelLeakMemoryFillingUp": WORKER,
+    "OtelLeakTaskRetainingMemory": WORKER | {names.LABEL_TASK},
+    "OtelLeakDetectorReportsLeak": WORKER,  # and the task when the verdict is per task
+    "OtelLeakGCPauseRegression": WORKER | {names.LABEL_GC_GENERATION},
+    "OtelLeakTelemetryAbsent": {names.LABEL_SERVICE},  # and the worker when one worker stopped
+    "OtelLeakFleetMemoryGrowing": {names.LABEL_SERVICE},
+}
+
+
+def test_pages_name_service_instance_pid_and_task():
+    assert set(PAGE_LABELS) == set(ALERTS)
+    fired: set[str] = set()
+    for suite in SUITES:
+        for t in yaml.safe_load(suite.read_text())["tests"]:
+            for case in t.get("alert_rule_test", []):
+                for exp in case.get("exp_alerts") or []:
+                    labels = exp["exp_labels"]
+                    name = case["alertname"]
+                    fired.add(name)
+                    missing = PAGE_LABELS[name] - set(labels)
+                    if names.LABEL_INSTANCE in labels:
+                        missing |= WORKER - set(labels)
+                    assert not missing, f"{suite.name}: {name} at {case['eval_time']} lacks {missing}"
+                    assert labels[names.LABEL_SEVERITY] in ("warning", "critical")
+                    assert labels[names.LABEL_TEAM] == Mixin().team
+    assert fired == set(ALERTS), f"no suite pins a firing {set(ALERTS) - fired}"
 
 
 @pytest.mark.parametrize("alert", ALERTS)

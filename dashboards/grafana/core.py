@@ -45,8 +45,9 @@ RULE_FLOOR = RECORDING_RULES["floor"]
 RULE_FLOOR_SLOPE = RECORDING_RULES["floor_slope"]
 RULE_TIME_TO_LIMIT = RECORDING_RULES["time_to_limit"]
 RULE_SERVICE_MATURE_SLOPE = RECORDING_RULES["service_mature_slope"]
-RULE_TASK_RETAINED_RATE = RECORDING_RULES["task_retained_rate"]
-RULE_TASK_RETAINED_PER_CALL = RECORDING_RULES["task_retained_per_call"]
+# The naive per-task RSS signal (growth minus release around each call): neighbour-sensitive, no alert uses it.
+RULE_TASK_NET_GROWTH_RATE = RECORDING_RULES["task_net_growth_rate"]
+RULE_TASK_NET_GROWTH_PER_CALL = RECORDING_RULES["task_net_growth_per_call"]
 RULE_GC_PAUSE_MEAN = RECORDING_RULES["gc_pause_mean"]
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -26,7 +26,7 @@ from .core import (
     RULE_FLOOR,
     RULE_FLOOR_SLOPE,
     RULE_SERVICE_MATURE_SLOPE,
-    RULE_TASK_RETAINED_RATE,
+    RULE_TASK_NET_GROWTH_RATE,
     RULE_TIME_TO_LIMIT,
     S_SERVICE,
     SECONDS,
@@ -206,13 +206,14 @@ def build():
         "Task types leaking across the fleet",
         "One row per task type and service: how many workers' detectors flag it, the largest retained bytes "
         "per call among them, and the resident memory the whole fleet retains through it per second (growth "
-        "minus release summed over every process, the recording rule behind OtelLeakTaskRetainingMemory). "
+        "minus release summed over every process: the naive, neighbour-sensitive signal; trust the detector's "
+        "columns when they disagree). "
         "The top row is the fix worth most; open the Tasks dashboard for its traces.",
         [
             target(f"count by ({SERVICE}, {TASK}) ({max_by(WORKER + (TASK,), sel(names.DETECTOR_VERDICT, *F, ANY_TASK))} == 1)",
                    instant=True, table=True),
             target(max_by(BY_TASK, sel(names.DETECTOR_RETAINED_PER_CALL, *F)), instant=True, table=True),
-            target(sum_by(BY_TASK, sel(RULE_TASK_RETAINED_RATE, *F)), instant=True, table=True),
+            target(sum_by(BY_TASK, sel(RULE_TASK_NET_GROWTH_RATE, *F)), instant=True, table=True),
         ],
         NONE,
         overrides=[
@@ -231,7 +232,7 @@ def build():
         "(growth minus release). A task type retaining on one process only may be an outlier input; on "
         "every process, it is the code. The detector's per-call estimate for suspected types is on the "
         "Tasks dashboard.",
-        [target(sum_by(BY_TASK, sel(RULE_TASK_RETAINED_RATE, *F)), legend(SERVICE, TASK))],
+        [target(sum_by(BY_TASK, sel(RULE_TASK_NET_GROWTH_RATE, *F)), legend(SERVICE, TASK))],
         BYTES_PER_S, fill=0,
     ), w=12, h=9)
 

@@ -26,7 +26,7 @@ from .core import (
     WORKER,
     PROCESS_V,
     PID,
-    RULE_TASK_RETAINED_PER_CALL,
+    RULE_TASK_NET_GROWTH_PER_CALL,
     Layout,
     dashboard,
     datasource_variable,
@@ -103,10 +103,10 @@ def build():
          "differ: that is the change to look at.", BYTES,
          lambda s: [target(max_by((TASK,), sel(names.DETECTOR_RETAINED_PER_CALL, *s)), legend(TASK))])
     pair(lay, "net resident growth per call by task type", "Growth minus release per call from the task "
-         "histograms (the recording rule behind OtelLeakTaskRetainingMemory), worst process, by task type. "
+         "histograms (naive and neighbour-sensitive; the alert uses the detector), worst process, by task type. "
          "Compare the same task type across versions: the difference is what the change costs per call.",
          BYTES,
-         lambda s: [target(rule(RULE_TASK_RETAINED_PER_CALL, s, (TASK,)), legend(TASK))])
+         lambda s: [target(rule(RULE_TASK_NET_GROWTH_PER_CALL, s, (TASK,)), legend(TASK))])
     pair(lay, "tasks per second by task type", "Task rate by type for this version. Compare retention only "
          "between versions doing comparable work: a canary with a tenth of the traffic leaks a tenth as fast.",
          TASKS_PER_S,

@@ -16,8 +16,8 @@ from .core import (
     INSTANCE,
     NONE,
     PID,
-    RULE_TASK_RETAINED_PER_CALL,
-    RULE_TASK_RETAINED_RATE,
+    RULE_TASK_NET_GROWTH_PER_CALL,
+    RULE_TASK_NET_GROWTH_RATE,
     S_TASK,
     SERVICE,
     TASK,
@@ -59,27 +59,29 @@ def build():
         "Retained bytes per call by task type",
         "Two estimates of the bytes each call leaves behind. 'detector': the embedded detector's robust "
         "regression of window-to-window growth on task counts (neighbours' allocations in other threads do "
-        "not blur it); only suspected task types appear. 'rule': growth minus release per call from the task "
-        "histograms (the recording rule behind OtelLeakTaskRetainingMemory), for every task type; noisy when "
-        "tasks interleave. Healthy task types sit near zero. Open a trace from the heatmap exemplars below "
+        "not blur it); only suspected task types appear, and OtelLeakTaskRetainingMemory is based on it. 'rule': "
+        "the naive growth minus release of resident memory per call from the task histograms, for every task "
+        "type; noisy when tasks interleave, and neighbour-sensitive (a task allocating fresh pages because a "
+        "leaking neighbour kept the freed ones shows the neighbour's leak). Healthy task types sit near zero. "
+        "Open a trace from the heatmap exemplars below "
         "to find the code path of a type that does not.",
         [
             target(max_by(BY_TASK, sel(names.DETECTOR_RETAINED_PER_CALL, *T)), legend(TASK, prefix="detector")),
-            target(rule(RULE_TASK_RETAINED_PER_CALL, T, BY_TASK), legend(TASK, prefix="rule")),
+            target(rule(RULE_TASK_NET_GROWTH_PER_CALL, T, BY_TASK), legend(TASK, prefix="rule")),
         ],
         BYTES, fill=0,
     ), w=12, h=9)
     lay.add(table(
         "Task types now",
         "One row per task type: calls per second, resident memory retained per call and per second (growth "
-        "minus release, the alert's recording rules, worst process), the detector's retained bytes per call "
+        "minus release, the naive recording rules, worst process), the detector's retained bytes per call "
         "and its verdict for the task type. A task type with a LEAK verdict or a large retained rate is the "
         "one to feature-flag or patch first (see the runbook). The rule columns are noisy with interleaved "
         "tasks: trust the detector's column when they disagree.",
         [
             target(task_rate(T, BY_TASK, "5m"), instant=True, table=True),
-            target(rule(RULE_TASK_RETAINED_PER_CALL, T, BY_TASK), instant=True, table=True),
-            target(rule(RULE_TASK_RETAINED_RATE, T, BY_TASK), instant=True, table=True),
+            target(rule(RULE_TASK_NET_GROWTH_PER_CALL, T, BY_TASK), instant=True, table=True),
+            target(rule(RULE_TASK_NET_GROWTH_RATE, T, BY_TASK), instant=True, table=True),
             target(max_by(BY_TASK, sel(names.DETECTOR_RETAINED_PER_CALL, *T)), instant=True, table=True),
             target(max_by(BY_TASK, sel(names.DETECTOR_VERDICT, *T, ANY_TASK)), instant=True, table=True),
         ],
@@ -98,11 +100,12 @@ def build():
     ), w=12, h=9)
     lay.add(timeseries(
         "Resident memory retained per second by task type",
-        "Growth minus release of resident memory per second, by task type and process (the recording rule "
-        "the OtelLeakTaskRetainingMemory alert evaluates). Around zero for healthy task types. Persistently "
+        "Growth minus release of resident memory per second, by task type and process: the naive, "
+        "neighbour-sensitive signal (no alert uses it; OtelLeakTaskRetainingMemory uses the detector). "
+        "Around zero for healthy task types. Persistently "
         "positive for one type only: that type retains memory. Positive for all types at once: something "
         "shared grows (a global cache, fragmentation): look at the Worker dashboard.",
-        [target(rule(RULE_TASK_RETAINED_RATE, T, (SERVICE, INSTANCE, PID, TASK)),
+        [target(rule(RULE_TASK_NET_GROWTH_RATE, T, (SERVICE, INSTANCE, PID, TASK)),
                 legend(TASK, INSTANCE, PID))],
         BYTES_PER_S, fill=0,
     ), w=12, h=8)
