@@ -79,6 +79,7 @@ class Detector:
             min_growth=int(config.get(S.MIN_GROWTH, env)),
         )
         self._lock = threading.RLock()
+        self._celery_hooked = False
         self._reset()
         self._stopped = False
         self._gauges = []
@@ -90,6 +91,33 @@ class Detector:
         atexit.register(self._at_exit)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
+        self._hook_celery()
+
+    def _hook_celery(self) -> None:
+        """Celery prefork children leave through ``os._exit`` (no atexit): write the final report from
+        ``celery.signals.worker_process_shutdown``, sent in each child just before it exits.
+
+        Only when Celery is already imported (checked at start, on every sample and after a fork): the
+        detector never imports it.
+        """
+        if self._celery_hooked:
+            return
+        mod = sys.modules.get("celery.signals")
+        sig = getattr(mod, "worker_process_shutdown", None) if mod is not None else None
+        if sig is None:
+            return
+        self._celery_hooked = True
+        try:
+            sig.connect(self._on_worker_process_shutdown, weak=False, dispatch_uid="otel-leak-detector")
+        except Exception as exc:
+            _log.debug("otel-leak: cannot connect to Celery's worker_process_shutdown (%s)", exc)
+
+    def _on_worker_process_shutdown(self, *args, **kwargs) -> None:
+        """Celery signal receiver (in the exiting pool child): final sample and final report."""
+        try:
+            self._at_exit()
+        except Exception:
+            pass
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
@@ -135,6 +163,7 @@ class Detector:
                 if tracemalloc.is_tracing():
                     tracemalloc.stop()
             self._reset()
+            self._hook_celery()
         except Exception as exc:  # pragma: no cover
             self.error = f"after fork: {exc}"
 
@@ -154,6 +183,11 @@ class Detector:
     # ------------------------------------------------------------------ sampling
     def on_sample(self, s) -> None:
         """Sampler listener: never raises."""
+        if not self._celery_hooked:
+            try:
+                self._hook_celery()
+            except Exception:
+                pass
         try:
             with self._lock:
                 if self.error is None and not self._stopped:
@@ -518,23 +552,37 @@ class Detector:
         return float(c)
 
     def _make_gauges(self, meter) -> None:
+        """Observable gauges, per process and per suspected task type.
+
+        Every data point carries ``process.pid`` (read at callback time, so a forked prefork child reports
+        its own pid: children share their parent's resource and would otherwise collide, as in
+        ``otel_leak.metrics``); per-task points also carry the task identity.
+        """
         from opentelemetry.metrics import Observation
 
+        def pid_attrs(**extra) -> dict:
+            a = {names.SPAN_PID: os.getpid()}
+            a.update(extra)
+            return a
+
+        def task_attrs(task: str) -> dict:
+            return pid_attrs(**{names.ATTR_TASK_NAME: task})
+
         def verdict_cb(options):
-            out = [Observation(1 if self.verdict == "leak" else 0, {})]
-            out += [Observation(1, {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+            out = [Observation(1 if self.verdict == "leak" else 0, pid_attrs())]
+            out += [Observation(1, task_attrs(s["task"])) for s in self.suspects]
             return out
 
         def conf_cb(options):
-            out = [Observation(self.confidence(), {names.ATTR_DETECTOR_VERDICT: self.verdict})]
-            out += [Observation(s["confidence"], {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+            out = [Observation(self.confidence(), pid_attrs(**{names.ATTR_DETECTOR_VERDICT: self.verdict}))]
+            out += [Observation(s["confidence"], task_attrs(s["task"])) for s in self.suspects]
             return out
 
         def retained_cb(options):
-            return [Observation(s["retained_bytes_per_call"], {names.ATTR_TASK_NAME: s["task"]}) for s in self.suspects]
+            return [Observation(s["retained_bytes_per_call"], task_attrs(s["task"])) for s in self.suspects]
 
         def slope_cb(options):
-            return [Observation(self.tier1.trend.slope, {})] if self.tier1.windows else []
+            return [Observation(self.tier1.trend.slope, pid_attrs())] if self.tier1.windows else []
 
         for metric, cb in (
             (names.DETECTOR_VERDICT, verdict_cb),
