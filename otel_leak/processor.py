@@ -52,6 +52,15 @@ IDENTITY_ATTRIBUTES = (
 
 RECENT_TRACES = 8
 
+# Bound once: module attribute lookups add up on the per-task path.
+_A_TASK = names.SPAN_TASK_NAME
+_A_RSS_DELTA = names.SPAN_RSS_DELTA
+_A_RSS_END = names.SPAN_RSS_END
+_A_GC_COLLECTIONS = names.SPAN_GC_COLLECTIONS
+_A_GC_PAUSE = names.SPAN_GC_PAUSE
+_A_BLOCKS_DELTA = names.SPAN_HEAP_BLOCKS_DELTA
+_A_TRACED_DELTA = names.SPAN_HEAP_TRACED_DELTA
+
 # Resident memory moves in 4 KiB pages: buckets from one page to 1 GiB, x4 apart.
 TASK_MEMORY_BUCKETS = tuple(4096 * 4**i for i in range(10))
 
@@ -212,16 +221,16 @@ class TaskSpanProcessor(SpanProcessor):
             gcp = self.gc
             tt = self._task_type(span)
             attributes = {
-                names.SPAN_TASK_NAME: tt.name,
-                names.SPAN_RSS_DELTA: delta,
-                names.SPAN_RSS_END: rss,
-                names.SPAN_GC_COLLECTIONS: gcp.collections - start_gc,
-                names.SPAN_GC_PAUSE: gcp.pause_total - start_pause,
+                _A_TASK: tt.name,
+                _A_RSS_DELTA: delta,
+                _A_RSS_END: rss,
+                _A_GC_COLLECTIONS: gcp.collections - start_gc,
+                _A_GC_PAUSE: gcp.pause_total - start_pause,
             }
             if start_blocks is not None:
-                attributes[names.SPAN_HEAP_BLOCKS_DELTA] = (self.heap.blocks() or start_blocks) - start_blocks
+                attributes[_A_BLOCKS_DELTA] = (self.heap.blocks() or start_blocks) - start_blocks
             if start_traced is not None and _is_tracing():
-                attributes[names.SPAN_HEAP_TRACED_DELTA] = _traced()[0] - start_traced[0]
+                attributes[_A_TRACED_DELTA] = _traced()[0] - start_traced[0]
             _set_attributes(span, attributes)
             stats = self.stats
             name = tt.name
@@ -290,13 +299,9 @@ def _set_attributes(span, attributes: dict) -> None:
     ints/floats/strings, so where the SDK's ``BoundedAttributes`` is present and has room, write them
     directly (~0.2 us); anything else takes the public path."""
     bounded = getattr(span, "_attributes", None)
-    store = getattr(bounded, "_dict", None)
-    if (
-        type(bounded) is BoundedAttributes
-        and isinstance(store, dict)
-        and not getattr(span, "_end_time", None)
-        and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen)
-    ):
-        store.update(attributes)
-    else:
-        span.set_attributes(attributes)
+    if type(bounded) is BoundedAttributes:  # called before the real end(): still mutable
+        store = bounded._dict
+        if bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen:
+            store.update(attributes)
+            return
+    span.set_attributes(attributes)
