@@ -79,7 +79,9 @@ def test_leak_pages_with_service_instance_task_runbook_and_trace(
     detector_tasks = {
         a["labels"].get(names.LABEL_TASK)
         for _, a in _alerts(webhook_sink.payloads)
-        if a["labels"].get("alertname") == "OtelLeakDetectorReportsLeak" and a["labels"].get(names.LABEL_TASK)
+        if a["labels"].get("alertname") == "OtelLeakDetectorReportsLeak"
+        and a["labels"].get(names.LABEL_SERVICE) == LEAKY
+        and a["labels"].get(names.LABEL_TASK)
     }
     assert detector_tasks == {"ingest"}
     assert floor_page is not None, "the critical floor alert never paged"
