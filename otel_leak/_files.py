@@ -8,9 +8,11 @@ import tempfile
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write through a temporary file in the same directory, then ``os.replace``: readers see the old file
-    or the new one, never half of one. Raises OSError when the path cannot be written."""
+    or the new one, never half of one. Missing parent directories are created. Raises OSError when the path
+    cannot be written."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)  # `--report out/r.json` in a fresh checkout
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
