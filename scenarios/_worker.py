@@ -36,12 +36,18 @@ def run(
     spans: str = "manual",
     seed: int = 1,
     between=None,
+    transient_bytes: int = 20_000,
 ) -> None:
-    """Run ``tasks`` (name -> fn(i, rnd)) interleaved at about ``rate`` tasks/s for ``duration`` s."""
+    """Run ``tasks`` (name -> fn(i, rnd)) interleaved at about ``rate`` tasks/s for ``duration`` s.
+
+    ``weights`` is a list (fixed mix) or a callable ``weights(seconds_since_start) -> list`` (a mix that
+    changes over time, as real queues do). ``transient_bytes`` sizes each task's short-lived work.
+    """
     duration = DURATION if duration is None else duration
     names_ = list(tasks)
     tracer = trace.get_tracer("scenario")
-    stop_at = time.monotonic() + duration
+    t_start = time.monotonic()
+    stop_at = t_start + duration
     per_thread = rate / threads
 
     def loop(k: int) -> None:
@@ -52,15 +58,16 @@ def run(
             now = time.monotonic()
             if now >= stop_at:
                 return
-            name = rnd.choices(names_, weights=weights)[0]
+            w = weights(now - t_start) if callable(weights) else weights
+            name = rnd.choices(names_, weights=w)[0]
             if spans == "sdk":
                 with tracer.start_as_current_span(name, kind=SpanKind.CONSUMER):
                     tasks[name](i, rnd)
-                    transient(rnd)
+                    transient(rnd, transient_bytes)
             else:
                 with otel_leak.task_span(name):
                     tasks[name](i, rnd)
-                    transient(rnd)
+                    transient(rnd, transient_bytes)
             i += 1
             if between is not None:
                 between(i, rnd)

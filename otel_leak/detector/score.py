@@ -177,10 +177,10 @@ def print_tables(rows: list[dict], summ: dict, command: str) -> None:
     except ImportError:  # pragma: no cover
         print(json.dumps({"rows": rows, "summary": summ}, indent=1, default=str))
         return
-    con = Console(width=160)
+    con = Console(width=170)
     t = Table(title="otel-leak detector on the scenario suite")
     for col in ("scenario", "expected", "verdict", "conf", "top task", "task ok", "B/call", "site rank",
-                "kind", "detect s", "detect tasks", "tasks", "tier2 %"):
+                "kind", "detect s", "detect tasks", "tasks", "tasks/s", "tier2 %"):
         t.add_column(col, justify="right" if col not in ("scenario", "expected", "verdict", "top task", "kind") else "left")
     for r in rows:
         ok = (r["verdict"] == "leak") == (r["expected"] == "leak")
@@ -190,6 +190,7 @@ def print_tables(rows: list[dict], summ: dict, command: str) -> None:
             {True: "yes", False: "NO"}.get(r.get("task_ok"), "-"), _fmt(r.get("per_call"), 0),
             _fmt(r.get("site_rank")) if "site_rank" in r else "-", _fmt(r.get("kind")),
             _fmt(r.get("detected_at_s")), _fmt(r.get("detected_at_tasks")), _fmt(r.get("tasks")),
+            _fmt(r["tasks"] / r["duration_s"] if r.get("tasks") and r.get("duration_s") else None, 0),
             _fmt(100 * (r.get("tier2_share") or 0.0), 2), style=style,
         )
     con.print(t)
