@@ -1,5 +1,5 @@
-"""The detector's outputs around the process: gauges with ``process.pid``, and the final report of Celery
-prefork children (which leave through ``os._exit``)."""
+"""The detector's outputs around the process: gauges with ``process.pid``, the adaptive sampling interval,
+and the final report of Celery prefork children (which leave through ``os._exit``)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,59 @@ def test_gauge_pid_is_read_at_callback_time_in_a_forked_child():
     finally:
         det.stop()
         provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- interval
+class IntervalSampler(FakeSampler):
+    def __init__(self, interval=1.0):
+        super().__init__()
+        self.interval = interval
+
+
+def _tick(t, total, counts=None, rss=50 * MiB):
+    return SimpleNamespace(t=t, wall=1e9 + t, rss=rss, vms=2 * rss, heap_blocks=1000, traced=None, floor=rss,
+                           task_counts=counts if counts is not None else {"a": total}, tasks_total=total)
+
+
+def test_sampling_interval_follows_the_task_rate_within_bounds_and_is_restored():
+    from otel_leak.detector import detector as D
+
+    sampler = IntervalSampler(1.0)
+    det = D.Detector(stats=FakeStats(), sampler=sampler, meter=None, environ={"OTEL_PYTHON_LEAK_DETECTOR_TIER2": "false"})
+    det._mi_off = True
+    t, total = 0.0, 0
+    seen = []
+    # 300 tasks/s: the sampler speeds up, never below the floor
+    for _ in range(200):
+        sampler.feed(_tick(t, total))
+        seen.append(sampler.interval)
+        t += sampler.interval
+        total += int(300 * sampler.interval)
+    assert min(seen) >= D.FAST_INTERVAL - 1e-9
+    assert sampler.interval <= 0.1, sampler.interval
+    # the rate drops to 2 tasks/s: back to the configured interval
+    for _ in range(40):
+        sampler.feed(_tick(t, total))
+        t += sampler.interval
+        total += max(0, round(2 * sampler.interval))
+    assert sampler.interval == 1.0
+    # idle: stays at the configured interval; stop() leaves the configured value
+    sampler.interval = 0.05
+    det.stop()
+    assert sampler.interval == 1.0
+
+
+def test_sampling_interval_never_exceeds_the_configured_one():
+    from otel_leak.detector import detector as D
+
+    sampler = IntervalSampler(0.2)  # a user who configured faster sampling keeps it
+    det = D.Detector(stats=FakeStats(), sampler=sampler, meter=None, environ={"OTEL_PYTHON_LEAK_DETECTOR_TIER2": "false"})
+    det._mi_off = True
+    for k in range(30):
+        sampler.feed(_tick(k * 0.2, k))  # 5 tasks/s
+        assert D.FAST_INTERVAL <= sampler.interval <= 0.2
+    det.stop()
+    assert sampler.interval == 0.2
 
 
 # ---------------------------------------------------------------------------------------------- Celery

@@ -30,6 +30,20 @@ MAX_SERIES = 600
 MAX_EVENTS = 64
 MAX_SUSPECTS = 5
 
+# Adaptive sampling: the detector sets ``sampler.interval`` between FAST_INTERVAL and the configured
+# interval so that a sample sees about TASKS_PER_SAMPLE tasks. A fast worker (300 tasks/s) is then sampled
+# every 0.05 s and its windows close within ~50 tasks; a slow one keeps the configured interval (its windows
+# stretch to DETECTOR_WINDOW_TASKS tasks instead). Before the rate is known (start-up), PROBE_INTERVAL.
+FAST_INTERVAL = 0.05
+PROBE_INTERVAL = 0.25
+TASKS_PER_SAMPLE = 15
+RATE_HORIZON = 1.0  # seconds of samples the task rate is measured over
+# Tier 2 windows last about TIER2_TASKS tasks (at least TIER2_MIN_WINDOW s, at most DETECTOR_TIER2_WINDOW):
+# a fast worker gets a short window (tracemalloc slows every allocation while it runs), a slow one the
+# longest, so a leak of a few calls a second still shows its allocation site.
+TIER2_TASKS = 90
+TIER2_MIN_WINDOW = 0.3
+
 
 class _Series:
     """Downsampled bounded series: when full, every other point goes and the stride doubles."""
@@ -80,6 +94,8 @@ class Detector:
         )
         self._lock = threading.RLock()
         self._celery_hooked = False
+        base = getattr(sampler, "interval", None)
+        self.base_interval: float | None = float(base) if isinstance(base, (int, float)) and base > 0 else None
         self._reset()
         self._stopped = False
         self._gauges = []
@@ -152,6 +168,14 @@ class Detector:
         self.last_write = -1e18
         self.write_error_logged = False
         self._t1_attr = []
+        self._vetoed: list[str] = []
+        self._tier2_res = None
+        self._rate_q: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+        # The start (attach or fork) is the first rate reference: the sampler was usually started before the
+        # detector attached and is already waiting out its first interval, so the first sample the detector
+        # sees can give the task rate at once instead of a probe interval later.
+        self._rate_q.append((time.monotonic(), int(getattr(self.stats, "total", 0) or 0)))
+        self.task_rate = 0.0
 
     def _after_fork(self) -> None:
         try:
@@ -163,6 +187,7 @@ class Detector:
                 if tracemalloc.is_tracing():
                     tracemalloc.stop()
             self._reset()
+            self._set_interval(self.base_interval)
             self._hook_celery()
         except Exception as exc:  # pragma: no cover
             self.error = f"after fork: {exc}"
@@ -201,10 +226,43 @@ class Detector:
         except Exception:
             pass
 
+    def _set_interval(self, value: float | None) -> None:
+        sp = self.sampler
+        if sp is not None and value is not None and self.base_interval is not None:
+            sp.interval = max(min(FAST_INTERVAL, self.base_interval), min(self.base_interval, value))
+
+    def _adapt_interval(self, s) -> None:
+        """Sample about every TASKS_PER_SAMPLE tasks, within [FAST_INTERVAL, configured interval]."""
+        base = self.base_interval
+        if base is None or self.sampler is None:
+            return
+        q = self._rate_q
+        if q and s.t < q[-1][0]:
+            q.clear()  # a clock that is not time.monotonic() (synthetic samples): no start reference
+        q.append((s.t, s.tasks_total))
+        while len(q) > 2 and s.t - q[1][0] >= RATE_HORIZON:
+            q.popleft()
+        t0, n0 = q[0]
+        dt = s.t - t0
+        if dt <= 0:
+            want = min(base, PROBE_INTERVAL)  # first sample: find the rate quickly
+        else:
+            self.task_rate = rate = max(0, s.tasks_total - n0) / dt
+            want = base if rate <= 0 else TASKS_PER_SAMPLE / rate
+            if rate <= 0 and dt < RATE_HORIZON and s.tasks_total == 0:
+                want = min(base, PROBE_INTERVAL)  # nothing ran yet: keep probing for the first tasks
+        cur = self.sampler.interval
+        lo = min(FAST_INTERVAL, base)
+        want = max(lo, min(base, want))
+        # hysteresis (no flapping on a noisy rate), except to reach either bound
+        if want != cur and (want in (lo, base) or abs(want - cur) > 0.2 * cur):
+            self._set_interval(want)
+
     def _on_sample(self, s) -> None:
         if self.start_t is None:
             self.start_t = s.t
             self.first_rss = s.rss
+        self._adapt_interval(s)
         self.last = s
         self.recent_rss.append(s.rss)
         self.series.add(s.t - self.start_t, s.rss, min(self.recent_rss), s.heap_blocks)
@@ -290,8 +348,8 @@ class Detector:
         if mi is None:
             self._mi_off = True
             return None
-        # Keep the walk of the allocator's free lists under ~0.2 % of the time.
-        self._mi_next = now + (cost * 500 if cost > 0.002 else 0.0)
+        # Keep the walk of the allocator's free lists under ~0.2 % of the time (the sampler may tick at 20 Hz).
+        self._mi_next = now + cost * 500
         self._mi_cheap = cost <= 0.0005
         return mi
 
@@ -305,7 +363,8 @@ class Detector:
         self._event(
             "leak_declared", trend=t1.trend.as_dict(), tasks=t1.declared_tasks,
             attribution=[
-                {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence, "share": a.share}
+                {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence,
+                 "share": a.share, "t": a.t}
                 for a in self._t1_attr[:5]
             ],
         )
@@ -313,13 +372,30 @@ class Detector:
         self._emit_log()
 
     # ------------------------------------------------------------------ tier 2
+    def _tier2_window(self) -> float:
+        """Window length from the task rate: about TIER2_TASKS tasks, within [TIER2_MIN_WINDOW, setting]."""
+        rate = max(self.task_rate, self._task_rate())
+        w = self.tier2_window
+        if rate > 0:
+            w = min(w, max(TIER2_MIN_WINDOW, TIER2_TASKS / rate))
+        return w
+
+    def _tier2_cost(self, w: float) -> float:
+        """Predicted cost of a window of ``w`` seconds: tracing plus snapshot analysis, scaled from the last."""
+        last = self.tier2_runs[-1] if self.tier2_runs else None
+        if not last:
+            return w
+        traced = max(1e-3, float(last.get("phases", {}).get("traced_s") or last["duration_s"]))
+        extra = max(0.0, last["duration_s"] - traced - float(last.get("phases", {}).get("tier3_s") or 0.0))
+        return w + extra * (w / traced)
+
     def _maybe_tier2(self, s) -> None:
         age = s.t - self.start_t
-        w = self.tier2_window
+        w = self._tier2_window()
         first = not self.tier2_runs
         if not first:
             # Later windows refine the diagnosis, within the run-time share and not too close together.
-            if self.tier2_time + w > self.tier2_share * age or s.t - self.last_tier2_end < 10 * w:
+            if self.tier2_time + self._tier2_cost(w) > self.tier2_share * age or s.t - self.last_tier2_end < 10 * w:
                 return
             if len(self.tier2_runs) >= 8:
                 return
@@ -359,7 +435,8 @@ class Detector:
                     "error": res.error,
                     "phases": res.phases,
                     "attribution": [
-                        {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence, "share": a.share}
+                        {"task": a.task, "bytes_per_call": round(a.bytes_per_call, 1), "confidence": a.confidence,
+                         "share": a.share, "t": a.t}
                         for a in res.attribution[:5]
                     ],
                 }
@@ -376,6 +453,8 @@ class Detector:
                         self.retention = res.retention_paths
                     self._update_suspects()
                     self._emit_log()
+                elif self.verdict == "leak":
+                    self._update_suspects()  # no confirmation coming from this window: tier 1 stands
         except Exception as exc:
             self._fail("tier 2", exc)
 
@@ -433,30 +512,68 @@ class Detector:
             return "native_or_fragmentation"
         return "mixed"
 
+    def _tier2_pending(self) -> bool:
+        """Tier 2 is on and its first window has not reported yet (it starts on the declaring sample)."""
+        return self.tier2_enabled and not self.tier2_runs and self.error is None
+
     def _update_suspects(self) -> None:
-        t1 = {a.task: a for a in self._t1_attr}
+        """Suspects: task types with a significant coefficient *and* a meaningful share of the growth.
+
+        Resident-memory growth lands on whichever task first touches fresh pages: when the leaker's objects
+        fill heap space a neighbour freed (allocate-and-free), the neighbour's next call touches the fresh
+        pages and looks like a leaker in tier 1; tasks that strictly alternate cannot be told apart at all.
+        Tier 2 regresses traced Python bytes per task over short rows, which a neighbour's freed allocations
+        do not move: when the leak is in the Python heap, tier 2 confirms or vetoes tier 1's suspects, and
+        until its first window reports, no task is named from resident memory alone (the verdict is
+        published at once; the per-task suspects follow about a window later). Allocator in-use bytes
+        (glibc) are charged to the task that holds the memory, so a leak declared on them names its suspects
+        at once.
+        """
         res = getattr(self, "_tier2_res", None)
-        t2 = {a.task: a for a in (res.attribution if res is not None else [])}
+        sig1 = {a.task: a for a in self._t1_attr if a.significant()}
+        all2 = {a.task: a for a in (res.attribution if res is not None else [])}
+        sig2 = {k: a for k, a in all2.items() if a.significant()}
+        vetoed: list[str] = []
+        if res is None:
+            # Allocator in-use bytes are charged to the task that holds the memory: those stand alone.
+            # Resident-memory attributions wait for tier 2 when it is coming.
+            if self._tier2_pending() and self.tier1.declared_signal != "used":
+                sig1 = {}
+            chosen = dict.fromkeys(sig1)
+        elif self.kind == "python_heap":
+            chosen = dict.fromkeys(sig2)
+            for k in sig1:
+                if k in sig2:
+                    continue
+                a2 = all2.get(k)
+                seen = res.calls.get(k, 0) if hasattr(res, "calls") else 0
+                contradicted = seen >= 3 and (a2 is None or a2.bytes_per_call < 0.25 * sig1[k].bytes_per_call)
+                if contradicted or sig2:
+                    vetoed.append(k)
+                else:
+                    chosen[k] = None  # tier 2 saw too few of its calls to say either way
+        elif self.kind == "mixed":
+            chosen = dict.fromkeys(list(sig2) + [k for k in sig1 if k not in sig2])
+        else:  # native or fragmentation: tier 2's Python bytes say nothing about it
+            chosen = dict.fromkeys(sig1)
         w2 = 1.5 if self.kind in ("python_heap", "mixed") else 0.3
         scores = {}
-        for k in set(t1) | set(t2):
-            a1, a2 = t1.get(k), t2.get(k)
+        for k in chosen:
+            a1, a2 = sig1.get(k), sig2.get(k)
             scores[k] = (a1.share * a1.confidence if a1 else 0.0) + (w2 * a2.share * a2.confidence if a2 else 0.0)
         total = sum(scores.values())
         out = []
         counts = dict(self.stats.counts) if self.stats is not None else {}
         for k, sc in sorted(scores.items(), key=lambda kv: -kv[1]):
-            if total <= 0 or sc / total < 0.15 or len(out) >= MAX_SUSPECTS:
-                continue
-            a1, a2 = t1.get(k), t2.get(k)
-            if max(a.bytes_per_call for a in (a1, a2) if a is not None) < 64:
-                continue
+            if len(out) >= MAX_SUSPECTS:
+                break
+            a1, a2 = sig1.get(k), sig2.get(k)
             if a2 is not None and self.kind in ("python_heap", "mixed"):
                 per_call = a2.bytes_per_call
             else:
                 per_call = a1.bytes_per_call if a1 else a2.bytes_per_call
             conf = max(a.confidence for a in (a1, a2) if a is not None)
-            conf = min(0.99, conf * 0.5 + 0.5 * (sc / total))
+            conf = min(0.99, conf * 0.5 + 0.5 * (sc / total if total > 0 else 0.0))
             out.append({
                 "task": k,
                 "retained_bytes_per_call": round(per_call, 1),
@@ -465,6 +582,10 @@ class Detector:
                 "trace_ids": self._trace_ids(k),
                 "source": "tier2" if a2 is not None else "tier1",
             })
+        names_now = [s["task"] for s in out]
+        if names_now != [s["task"] for s in self.suspects] or (vetoed and vetoed != self._vetoed):
+            self._event("suspects", tasks=names_now, vetoed=vetoed)
+        self._vetoed = vetoed
         self.suspects = out
         if self.stats is not None:
             ev = {}
@@ -683,5 +804,6 @@ class Detector:
                 self.sampler.remove_listener(self.on_sample)
             self._at_exit()
             self._stopped = True
+            self._set_interval(self.base_interval)
         except Exception:
             pass

@@ -4,21 +4,27 @@ Pure computation on the sampler's :class:`~otel_leak.sampler.Sample` stream (duc
 ``heap_blocks``, ``task_counts``, ``tasks_total``), so it is unit-tested on synthetic series.
 
 Windows adapt to the task rate: a window closes once it has at least ``min_samples`` samples *and*
-``min_tasks`` completed tasks (or ``idle_window`` seconds passed). At 300 tasks/s a window is
-``min_samples`` samples long; at one task a minute it stretches to ``min_tasks`` minutes. The same
-defaults serve both.
+``min_tasks`` completed tasks (or ``idle_window`` seconds passed). The detector also adapts the sampler's
+interval to the task rate (about 15 tasks a sample, between 0.05 s and the configured interval): at 300
+tasks/s a window is ``min_samples`` samples of 0.05 s (~45 tasks); at one task a minute the sampler keeps
+its configured interval and a window stretches to ``min_tasks`` minutes. The same defaults serve both.
 
 Per window the floor is the lowest resident memory seen in it (a GC sawtooth does not raise the lowest
 point). Window-to-window floor increments build a *level* series (increments across a window that tier 2
 contaminated with tracemalloc's own memory are dropped). A leak is declared when, over the recent windows,
 
+* the trend covers at least 500 tasks or 12 s (whichever comes first: a task-driven pattern such as a GC
+  cycle or a filling cache shows itself within a few hundred tasks, a time-driven one within seconds),
 * the level has a monotone trend (Mann–Kendall tau and z),
 * its robust (Theil–Sen) slope times the span is above an absolute and relative growth threshold,
 * the growth is spread over the windows (no single increment holds most of it: rejects one-off steps,
   lazy imports, tables loaded once, allocator retention that jumps then plateaus),
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
 
-and all of that holds at two consecutive window closes (confirmation over more than one window).
+and all of that holds at two consecutive window closes (confirmation over more than one window). The trend
+is evaluated on the last 16 windows and, once more windows are kept, also on all kept windows (up to 64)
+merged a few to a point, so short windows (a fast worker) do not shorten the span a slow leak is seen over;
+a coarse candidate must hold until a whole new coarse point has come in.
 
 Attribution regresses per-sample resident-memory increments on the per-sample completed-task counts of
 each task type (Huber-weighted, nonnegative least squares): neighbours' transient allocations are noise,
@@ -36,6 +42,7 @@ from otel_leak.detector import robust
 PAGE = 4096
 MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
 TREND_WINDOWS = 16  # windows a trend is evaluated on
+LEVEL_OFF = 0.5  # recent half's slope below this share of the earlier slope: the growth is levelling off
 MAX_INCREMENTS = 400  # per-sample increments kept for the regression
 MAX_COLUMNS = 24  # task types in one regression (the rest are pooled)
 POOLED = "(other task types)"
@@ -73,6 +80,7 @@ class Trend:
     heap_slope: float = 0.0  # blocks/s
     candidate: bool = False
     reasons: list[str] = field(default_factory=list)
+    scale: int = 1  # windows merged per trend point (1: the fine scale)
 
     def as_dict(self) -> dict:
         return {
@@ -88,6 +96,7 @@ class Trend:
             "heap_slope_blocks_per_s": round(self.heap_slope, 2),
             "candidate": self.candidate,
             "reasons": list(self.reasons),
+            "scale": self.scale,
         }
 
 
@@ -98,6 +107,13 @@ class Attribution:
     calls: int
     confidence: float
     share: float  # share of the explained growth
+    t: float = 0.0  # coefficient / its standard error (0 when not identified)
+
+    def significant(self, t_min: float = 3.0, share_min: float = 0.2, min_bytes: float = 64.0) -> bool:
+        """A suspect needs a coefficient clearly above its noise *and* a meaningful share of the growth:
+        a neighbour that merely touches pages another task's leak left behind, or a column the regression
+        cannot tell apart from the leaker's (strictly alternating tasks), does not pass both."""
+        return self.t >= t_min and self.share >= share_min and self.bytes_per_call >= min_bytes
 
 
 class Tier1:
@@ -110,7 +126,11 @@ class Tier1:
         min_windows: int = 5,
         min_growth: int = 2 * 1024 * 1024,
         rel_growth: float = 0.02,
+        min_span_tasks: int = 500,
+        min_span_s: float = 12.0,
     ) -> None:
+        self.min_span_tasks = min_span_tasks
+        self.min_span_s = min_span_s
         self.min_samples = min_samples
         self.min_tasks = min_tasks
         self.idle_window = idle_window
@@ -217,6 +237,18 @@ class Tier1:
         self.trends = {"rss": self.evaluate("rss")}
         if w.used_min is not None:
             self.trends["used"] = self.evaluate("used")
+        # Coarse scale: once more than TREND_WINDOWS windows exist, also look at the whole kept history
+        # (up to MAX_WINDOWS) merged k windows to a point, so a slow leak is seen over a long enough span
+        # even when windows are short (a fast worker's sampler ticks every 0.05 s).
+        k = -(-len(self.windows) // TREND_WINDOWS)
+        if k >= 2:
+            coarse = self._coarse(k)
+            for name in list(self.trends):
+                if not self.trends[name].candidate:
+                    tr = self.evaluate(name, coarse)
+                    tr.scale = k
+                    if tr.candidate:
+                        self.trends[name] = tr
         check, self.gc_check = self.gc_check, None
         if check is not None and not w.contaminated:
             for name, tr in self.trends.items():
@@ -234,15 +266,33 @@ class Tier1:
             self.candidate_streak += 1
         else:
             self.candidate_streak = 0
-        if not self.declared and self.candidate_streak >= 2:
+        # Confirmation: the candidate holds at the next window close; on the coarse scale, until a whole new
+        # coarse point (k more windows) has come in.
+        need = 1 + min(tr.scale for tr in cands) if cands else 2
+        if not self.declared and self.candidate_streak >= max(2, need):
             self.declared = True
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
             self.declared_signal = self.trend.signal
 
+    def _coarse(self, k: int) -> list[Window]:
+        """The kept windows merged ``k`` to a point (aligned on the newest): floors are the lowest levels."""
+        ws = list(self.windows)
+        ws = ws[len(ws) % k:]
+        out = []
+        for i in range(0, len(ws), k):
+            ch = ws[i:i + k]
+            out.append(Window(
+                t0=ch[0].t0, t1=ch[-1].t1, samples=sum(c.samples for c in ch), rss_min=min(c.rss_min for c in ch),
+                tasks=sum(c.tasks for c in ch), level=min(c.level for c in ch),
+                heap_level=min(c.heap_level for c in ch), used_level=min(c.used_level for c in ch),
+            ))
+        return out[-TREND_WINDOWS:]
+
     # ------------------------------------------------------------------ trend
-    def evaluate(self, signal: str = "rss") -> Trend:
-        ws = list(self.windows)[-TREND_WINDOWS:]
+    def evaluate(self, signal: str = "rss", ws: list[Window] | None = None) -> Trend:
+        if ws is None:
+            ws = list(self.windows)[-TREND_WINDOWS:]
         tr = Trend(signal=signal, windows=len(self.windows))
         if len(ws) < 3:
             tr.reasons.append("too few windows")
@@ -266,13 +316,19 @@ class Tier1:
         reasons = tr.reasons
         if len(self.windows) < self.min_windows:
             reasons.append("too few windows")
+        # The trend must cover enough work *or* enough time: MIN_SPAN_TASKS tasks (a task-driven pattern, such
+        # as a GC cycle or a cache filling, repeats or levels off within a few hundred tasks whatever the
+        # rate), or MIN_SPAN_S seconds (a time-driven one: a slow worker does not wait for 500 tasks).
+        span_tasks = sum(w.tasks for w in ws[1:])
+        if span_tasks < self.min_span_tasks and ts[-1] - ts[0] < self.min_span_s:
+            reasons.append("trend spans too few tasks and too little time")
         if tr.tau < 0.5 or tr.z < 2.0:
             reasons.append("no monotone trend")
         if tr.growth < max(self.min_growth, self.rel_growth * base):
             reasons.append("growth below threshold")
         if tr.spread > 0.5:
             reasons.append("growth concentrated in one step")
-        if tr.slope_recent < 0.4 * max(tr.slope, tr.slope_early):
+        if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
             reasons.append("growth is levelling off")
         if ys[-1] - ys[-2] <= 0 and ys[-2] - ys[-3] <= 0:
             reasons.append("no growth in the last windows")
@@ -336,6 +392,7 @@ def regress(counts: list[dict[str, int]], growth: list[float], min_t: float = 2.
         share = explained[j] / total_expl if total_expl > 0 else 0.0
         conf = (t * t / (t * t + 4.0)) * min(1.0, 0.5 + share)
         calls = totals.get(name, 0) if name != POOLED else sum(totals[k] for k in pooled)
-        out.append(Attribution(name, beta[j], calls, round(max(0.0, min(0.99, conf)), 3), round(share, 3)))
+        out.append(Attribution(name, beta[j], calls, round(max(0.0, min(0.99, conf)), 3), round(share, 3),
+                               round(t, 2) if math.isfinite(t) else 0.0))
     out.sort(key=lambda a: -a.share)
     return out

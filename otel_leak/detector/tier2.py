@@ -134,26 +134,48 @@ class Tier2Result:
         self.traced_end = 0
         self.sites: list[dict] = []
         self.attribution = []
+        self.calls: dict[str, int] = {}  # completed tasks per type during the window
         self.retention_paths: list[dict] = []
         self.error: str | None = None
         self.user_tracing = False
         self.phases: dict[str, float] = {}
 
 
-def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: float, stop_event=None) -> Tier2Result:
-    """Run one tracemalloc window synchronously (call it from a background thread)."""
+MEM_BUDGET = 32 * 1024 * 1024  # tracemalloc's own memory at which a window ends early (bounds analysis too)
+MIN_WINDOW = 0.25  # a window that ends early on the memory budget still runs this long
+
+
+def run_window(
+    stats,
+    *,
+    window: float,
+    frames: int,
+    tier3: bool,
+    tier3_budget: float,
+    stop_event=None,
+    mem_budget: int = MEM_BUDGET,
+) -> Tier2Result:
+    """Run one tracemalloc window synchronously (call it from a background thread).
+
+    The window lasts ``window`` seconds, or less once tracemalloc's own memory (which grows with the traces
+    kept, and so does the cost of the snapshot analysis) passes ``mem_budget``. Tracing stops right after
+    the end snapshot unless tier 3 needs object tracebacks; the analysis runs on the snapshots.
+    ``duration`` counts everything: tracing, snapshots, analysis and tier 3.
+    """
     res = Tier2Result()
     t0 = time.monotonic()
     res.started_t = t0
     res.user_tracing = tracemalloc.is_tracing()
     started = False
+    tracing = False
     try:
         if not res.user_tracing:
             tracemalloc.start(frames)
-            started = True
+            started = tracing = True
         counts0 = dict(stats.counts) if stats is not None else {}
         total0 = stats.total if stats is not None else 0
         traced0 = tracemalloc.get_traced_memory()[0]
+        own0 = tracemalloc.get_tracemalloc_memory()
         res.traced_start = traced0
         rows_c: list[dict] = []
         rows_y: list[float] = []
@@ -161,6 +183,7 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
         prev_c, prev_y = counts0, traced0
         mid = None
         step = max(0.02, min(0.1, window / 30))
+        own = own0
         while True:
             if stop_event is not None and stop_event.wait(step):
                 break
@@ -169,31 +192,40 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
             now = time.monotonic() - t0
             c = dict(stats.counts) if stats is not None else {}
             y = tracemalloc.get_traced_memory()[0]
+            own = tracemalloc.get_tracemalloc_memory() - own0
             d = {k: v - prev_c.get(k, 0) for k, v in c.items() if v - prev_c.get(k, 0) > 0}
             rows_c.append(d)
             rows_y.append(float(y - prev_y))
             ts.append(now)
             ys.append(float(y - traced0))
             prev_c, prev_y = c, y
-            if mid is None and now >= 0.4 * window:
+            if mid is None and (now >= 0.4 * window or own >= 0.4 * mem_budget):
                 mid = _snapshot()
-            if now >= window:
+            if now >= window or (own >= mem_budget and now >= min(window, MIN_WINDOW) and mid is not None):
                 break
         t_snap = time.monotonic()
         end = _snapshot()
-        res.phases["traced_s"] = round(t_snap - t0, 3)
         res.traced_end = tracemalloc.get_traced_memory()[0]
+        res.phases["tracemalloc_bytes"] = int(own)
+        if started and not tier3:
+            tracemalloc.stop()  # the analysis below needs the snapshots only: stop slowing the worker now
+            tracing = False
+        res.phases["traced_s"] = round(time.monotonic() - t0, 3)
         res.tasks = (stats.total if stats is not None else 0) - total0
         span = ts[-1] if ts[-1] > 0 else 1.0
         res.python_growth_per_s = robust.theil_sen(ts, ys) if len(ts) > 2 else 0.0
         if res.tasks > 0:
             res.python_growth_per_task = res.python_growth_per_s * span / res.tasks
         res.attribution = regress(rows_c, rows_y)
+        calls: dict[str, int] = collections.Counter()
+        for c in rows_c:
+            calls.update(c)
+        res.calls = dict(calls)
         res.sites = _sites(mid, end)
         t_an = time.monotonic()
         res.phases["snapshot_analysis_s"] = round(t_an - t_snap, 3)
         del mid, end
-        if tier3 and res.sites and tier3_budget > 0:
+        if tier3 and res.sites and tier3_budget > 0 and tracemalloc.is_tracing():
             try:
                 res.retention_paths = retention_paths(res.sites[0], tier3_budget)
                 res.phases["tier3_s"] = round(time.monotonic() - t_an, 3)
@@ -202,7 +234,7 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
     except Exception as exc:
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if started:
+        if started and tracing:
             try:
                 tracemalloc.stop()
             except Exception:
@@ -212,46 +244,107 @@ def run_window(stats, *, window: float, frames: int, tier3: bool, tier3_budget: 
 
 
 def _snapshot():
-    snap = tracemalloc.take_snapshot()
-    return snap.filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    # No filter_traces() here: it runs fnmatch on every trace (~15 us each, half a second for 30k traces).
+    # Allocations of tracemalloc.py itself only happen in our own thread, and ours() drops those.
+    return tracemalloc.take_snapshot()
+
+
+def _raw_frames(frames) -> tuple:
+    """Frames as ``((filename, lineno), ...)``, most recent first."""
+    if isinstance(frames, tuple):
+        return frames
+    return tuple((fr.filename, fr.lineno) for fr in reversed(frames))
+
+
+def _group(snapshot) -> dict[tuple, list[int]]:
+    """``{frames (most recent first): [bytes, count]}`` in one pass over the raw traces.
+
+    ``Snapshot.statistics``/``compare_to`` build a Traceback and a Statistic object per trace (a few us
+    each, twice for a diff); grouping the raw tuples costs a dict update per trace. Falls back to the public
+    API where the raw list is not there.
+    """
+    raw = getattr(getattr(snapshot, "traces", None), "_traces", None)
+    out: dict[tuple, list[int]] = {}
+    if isinstance(raw, list) and (not raw or (isinstance(raw[0], tuple) and len(raw[0]) >= 3)):
+        # Traces with the same traceback share one tuple object (tracemalloc converts each traceback once):
+        # group by identity first (an int hash instead of hashing up to 32 nested frames), then by value.
+        by_id: dict[int, list] = {}
+        get = by_id.get
+        for tr in raw:
+            tb = tr[2]
+            e = get(id(tb))
+            if e is None:
+                by_id[id(tb)] = [tr[1], 1, tb]
+            else:
+                e[0] += tr[1]
+                e[1] += 1
+        for size, count, tb in by_id.values():
+            e = out.get(tb)
+            if e is None:
+                out[tb] = [size, count]
+            else:
+                e[0] += size
+                e[1] += count
+        return out
+    for st in snapshot.statistics("traceback"):
+        out[_raw_frames(st.traceback)] = [st.size, st.count]
+    return out
+
+
+def _ours_raw(frames: tuple) -> bool:
+    return any(any(o in fn for o in _OWN) for fn, _ in frames)
+
+
+def _site_raw(frames: tuple) -> tuple[str, int] | None:
+    """Innermost frame of the worker's own code (frames most recent first)."""
+    fallback = None
+    for fn, line in frames:
+        if not is_library(fn):
+            return fn, line
+        if fallback is None and not skipped(fn):
+            fallback = (fn, line)
+    return fallback
 
 
 def _sites(mid, end, top: int = 10) -> list[dict]:
+    """Sites of what is alive at the end of the window *and* grew since the middle snapshot."""
     if end is None:
         return []
-    if mid is not None:
-        stats = end.compare_to(mid, "traceback")  # one grouping pass: end sizes and the growth since mid
-    else:
-        stats = end.statistics("traceback")
+    g_end = _group(end)
+    g_mid = _group(mid) if mid is not None else {}
     groups: dict[tuple[str, int], dict] = {}
-    for st in stats:
-        tb = st.traceback
-        diff = getattr(st, "size_diff", st.size)
-        if mid is not None and not (diff > 0 and st.count_diff > 0):
-            continue
-        if ours(tb):
-            continue
-        site = site_frame(tb)
+    site_of: dict[tuple, tuple[str, int] | None] = {}
+    for tb, (size, count) in g_end.items():
+        m = g_mid.get(tb)
+        if m is not None or mid is not None:
+            size_diff = size - (m[0] if m else 0)
+            count_diff = count - (m[1] if m else 0)
+            if not (size_diff > 0 and count_diff > 0):
+                continue
+        else:
+            size_diff = size
+        if tb in site_of:
+            site = site_of[tb]
+        else:
+            site = site_of[tb] = None if _ours_raw(tb) else _site_raw(tb)
         if site is None:
             continue
         g = groups.get(site)
         if g is None:
             g = groups[site] = {"file": site[0], "line": site[1], "retained_bytes": 0, "count": 0, "growth_bytes": 0,
                                 "_best": (0, tb)}
-        g["retained_bytes"] += st.size
-        g["count"] += st.count
-        g["growth_bytes"] += diff
-        if st.size > g["_best"][0]:
-            g["_best"] = (st.size, tb)
+        g["retained_bytes"] += size
+        g["count"] += count
+        g["growth_bytes"] += size_diff
+        if size > g["_best"][0]:
+            g["_best"] = (size, tb)
     out = sorted(groups.values(), key=lambda g: -g["growth_bytes"])
     if out:
         floor = max(1024, 0.02 * out[0]["growth_bytes"])
         out = [g for g in out if g["growth_bytes"] >= floor][:top]
     for g in out:
         tb = g.pop("_best")[1]
-        g["traceback"] = [
-            {"file": fr.filename, "line": fr.lineno} for fr in reversed(tb) if not skipped(fr.filename)
-        ][:16]
+        g["traceback"] = [{"file": fn, "line": line} for fn, line in tb if not skipped(fn)][:16]
     return out
 
 
