@@ -34,6 +34,10 @@ class Sample:
 
 Listener = Callable[[Sample], None]
 
+# The sampler thread may use at most this share of one core: whoever sets `interval` (the detector
+# samples faster for fast workers), the wait after a tick is at least tick_cost / TICK_BUDGET.
+TICK_BUDGET = 0.002
+
 
 class Sampler:
     def __init__(
@@ -50,6 +54,7 @@ class Sampler:
         self.interval = interval
         self.floor = FloorTracker(floor_window)
         self.last: Sample | None = None
+        self.tick_cost = 0.0  # smoothed CPU seconds per tick
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,12 +131,19 @@ class Sampler:
                 _log.warning("otel-leak: sampler listener %r failed (%s) and was removed", fn, exc)
                 self.remove_listener(fn)
 
+    def next_wait(self, tick_seconds: float) -> float:
+        """Seconds until the next tick: the interval, stretched so ticks stay within TICK_BUDGET."""
+        self.tick_cost = 0.8 * self.tick_cost + 0.2 * tick_seconds if self.tick_cost else tick_seconds
+        return max(self.interval, self.tick_cost / TICK_BUDGET)
+
     def _run(self) -> None:
         stop = self._stop
+        clock = time.thread_time  # CPU time of this thread: what the worker's own threads lose
         while not stop.is_set():
+            started = clock()
             try:
                 self.tick()
             except Exception as exc:  # pragma: no cover - defensive
                 _log.warning("otel-leak: sampler stopped after an error: %s", exc)
                 return
-            stop.wait(self.interval)
+            stop.wait(self.next_wait(clock() - started))

@@ -103,3 +103,14 @@ def test_thread_count_counts_native_threads():
     finally:
         ev.set()
         t.join()
+
+
+def test_sampler_keeps_its_thread_within_the_cpu_budget():
+    from otel_leak.probes import HeapProbe
+    from otel_leak.sampler import TICK_BUDGET, Sampler
+
+    sampler = Sampler(MemoryProbe(), HeapProbe(), None, interval=0.01)
+    assert sampler.next_wait(0.00001) == 0.01  # cheap ticks: the interval asked for
+    for _ in range(20):
+        wait = sampler.next_wait(0.001)  # 1 ms ticks: stretched so ticks use <= TICK_BUDGET of a core
+    assert abs(wait - 0.001 / TICK_BUDGET) < 0.05
