@@ -134,3 +134,21 @@ def test_tier2_error_falls_back_to_significant_tier1_suspects():
     det, named = run_detector(neighbour_stream(alternate=False), tier2=True, on_declare=declare)
     assert det.verdict == "leak" and named == {"ingest"}, named
     det.stop()
+
+
+def test_tier1_suspects_wait_for_tier2_then_stand_if_it_never_answers():
+    from otel_leak.detector import detector as D
+
+    held = {}
+
+    def declare(det):
+        held["at_declare"] = list(det.suspects)
+        det.tier2_thread = object()  # a window that never reports
+
+    det, named = run_detector(neighbour_stream(seconds=120, alternate=False), tier2=True, on_declare=declare)
+    assert det.verdict == "leak" and held["at_declare"] == []
+    assert named == {"ingest"}
+    changes = [e for e in det.events if e["kind"] == "suspects"]
+    declared_t = next(e["t_s"] for e in det.events if e["kind"] == "leak_declared")
+    assert changes and changes[0]["t_s"] - declared_t > D.TIER2_WAIT
+    det.stop()

@@ -43,6 +43,12 @@ RATE_HORIZON = 1.0  # seconds of samples the task rate is measured over
 # longest, so a leak of a few calls a second still shows its allocation site.
 TIER2_TASKS = 90
 TIER2_MIN_WINDOW = 0.3
+TIER2_WAIT = 10.0  # seconds per-task suspects wait for tier 2's first window before tier 1 alone names them
+# A suspect's coefficient must be this many standard errors above zero (and >= 20 % of the explained growth):
+# tier 1 regresses resident/allocator bytes over rows of many tasks (noisier, and its Huber standard errors
+# are optimistic), tier 2 traced Python bytes over rows of one or two tasks.
+T1_MIN_T = 5.0
+T2_MIN_T = 3.0
 
 
 class _Series:
@@ -169,6 +175,7 @@ class Detector:
         self.write_error_logged = False
         self._t1_attr = []
         self._vetoed: list[str] = []
+        self._held = False
         self._tier2_res = None
         self._rate_q: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
         # The start (attach or fork) is the first rate reference: the sampler was usually started before the
@@ -280,6 +287,8 @@ class Detector:
             self._declare(s)
         if self.verdict != "leak":
             self.verdict = "no_leak" if len(t1.windows) >= t1.min_windows else "inconclusive"
+        elif self._held and not self._tier2_pending():
+            self._update_suspects()  # tier 2 never answered: tier 1's significant suspects stand
         if t1.declared and self.tier2_enabled and self.tier2_thread is None:
             self._maybe_tier2(s)
 
@@ -513,8 +522,13 @@ class Detector:
         return "mixed"
 
     def _tier2_pending(self) -> bool:
-        """Tier 2 is on and its first window has not reported yet (it starts on the declaring sample)."""
-        return self.tier2_enabled and not self.tier2_runs and self.error is None
+        """Tier 2 is on and its first window has not reported yet (it starts on the declaring sample, and
+        reports within a window plus its analysis; past TIER2_WAIT seconds, tier 1 is not held any longer)."""
+        if not self.tier2_enabled or self.tier2_runs or self.error is not None:
+            return False
+        t1 = self.tier1
+        now = self.last.t if self.last is not None else None
+        return not (t1.declared_t is not None and now is not None and now - t1.declared_t > TIER2_WAIT)
 
     def _update_suspects(self) -> None:
         """Suspects: task types with a significant coefficient *and* a meaningful share of the growth.
@@ -525,20 +539,21 @@ class Detector:
         Tier 2 regresses traced Python bytes per task over short rows, which a neighbour's freed allocations
         do not move: when the leak is in the Python heap, tier 2 confirms or vetoes tier 1's suspects, and
         until its first window reports, no task is named from resident memory alone (the verdict is
-        published at once; the per-task suspects follow about a window later). Allocator in-use bytes
-        (glibc) are charged to the task that holds the memory, so a leak declared on them names its suspects
-        at once.
+        published at once; the per-task suspects follow about a window later, or after TIER2_WAIT seconds
+        from tier 1 alone if tier 2 never answers).
         """
         res = getattr(self, "_tier2_res", None)
-        sig1 = {a.task: a for a in self._t1_attr if a.significant()}
+        sig1 = {a.task: a for a in self._t1_attr if a.significant(T1_MIN_T)}
         all2 = {a.task: a for a in (res.attribution if res is not None else [])}
-        sig2 = {k: a for k, a in all2.items() if a.significant()}
+        sig2 = {k: a for k, a in all2.items() if a.significant(T2_MIN_T)}
         vetoed: list[str] = []
+        self._held = False
         if res is None:
-            # Allocator in-use bytes are charged to the task that holds the memory: those stand alone.
-            # Resident-memory attributions wait for tier 2 when it is coming.
-            if self._tier2_pending() and self.tier1.declared_signal != "used":
+            # Tier 1's rows hold many tasks each and their memory readings trail the task counts by up to a
+            # thread switch: wait for tier 2's answer when it is coming.
+            if self._tier2_pending():
                 sig1 = {}
+                self._held = True
             chosen = dict.fromkeys(sig1)
         elif self.kind == "python_heap":
             chosen = dict.fromkeys(sig2)
