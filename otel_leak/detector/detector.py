@@ -43,6 +43,7 @@ RATE_HORIZON = 1.0  # seconds of samples the task rate is measured over
 # longest, so a leak of a few calls a second still shows its allocation site.
 TIER2_TASKS = 90
 TIER2_MIN_WINDOW = 0.3
+MALLINFO_DUTY = 2000  # the next allocator reading waits this many times the last one's cost
 TIER2_WAIT = 10.0  # seconds per-task suspects wait for tier 2's first window before tier 1 alone names them
 # A suspect's coefficient must be this many standard errors above zero (and >= 20 % of the explained growth):
 # tier 1 regresses resident/allocator bytes over rows of many tasks (noisier, and its Huber standard errors
@@ -357,8 +358,9 @@ class Detector:
         if mi is None:
             self._mi_off = True
             return None
-        # Keep the walk of the allocator's free lists under ~0.2 % of the time (the sampler may tick at 20 Hz).
-        self._mi_next = now + cost * 500
+        # Keep the walk of the allocator's free lists under ~0.05 % of the time: it can cost a few hundred
+        # microseconds with many arenas, and the sampler's whole tick is budgeted (it may tick at 20 Hz).
+        self._mi_next = now + cost * MALLINFO_DUTY
         self._mi_cheap = cost <= 0.0005
         return mi
 

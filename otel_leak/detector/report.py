@@ -23,12 +23,14 @@ SERIES_COLUMNS = ("t_s", "rss", "floor", "heap_blocks")
 
 def write_atomic(path: str, doc: dict) -> None:
     """Write JSON to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    # json.dumps runs the C encoder in one go; json.dump streams through the Python one (~5x slower).
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, separators=(",", ":"), allow_nan=False)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:

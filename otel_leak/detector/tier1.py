@@ -148,6 +148,9 @@ class Tier1:
         self.trend = Trend()  # the trend of the signal that matters most right now
         self.trends: dict[str, Trend] = {}
         self.candidate_streak = 0
+        self.coarse: dict[str, Trend] = {}  # the last coarse-scale evaluation, per signal
+        self.used_ref: tuple[int, float] | None = None  # (used_min, used_level) of the last window with a reading
+        self.coarse_streak = 0
         self.declared = False
         self.declared_t: float | None = None
         self.declared_tasks: int | None = None
@@ -226,29 +229,39 @@ class Tier1:
             pass
         elif w.contaminated or last.contaminated:
             w.level, w.heap_level, w.used_level = last.level, last.heap_level, last.used_level
+            self.used_ref = None  # tracemalloc's memory is in the allocator's bytes: start a new reference
         else:
             w.level = last.level + (w.rss_min - last.rss_min)
             w.heap_level = last.heap_level + (w.heap_min - last.heap_min)
-            if w.used_min is not None and last.used_min is not None:
-                w.used_level = last.used_level + (w.used_min - last.used_min)
-            else:
-                w.used_level = last.used_level
-        self.windows.append(w)
-        self.trends = {"rss": self.evaluate("rss")}
+            # The allocator is read at most every so often (its cost is budgeted): a window without a reading
+            # carries the level, and the next reading is compared with the last window that had one.
+            ref = self.used_ref
+            w.used_level = last.used_level
+            if w.used_min is not None and ref is not None:
+                w.used_level = ref[1] + (w.used_min - ref[0])
         if w.used_min is not None:
-            self.trends["used"] = self.evaluate("used")
+            self.used_ref = (w.used_min, w.used_level)
+        self.windows.append(w)
+        if self.declared and self.closed % 4:
+            return  # declared for good: the trend is only shown from now on, refresh it every 4th window
+        fine = {"rss": self.evaluate("rss")}
+        if w.used_min is not None:
+            fine["used"] = self.evaluate("used")
         # Coarse scale: once more than TREND_WINDOWS windows exist, also look at the whole kept history
         # (up to MAX_WINDOWS) merged k windows to a point, so a slow leak is seen over a long enough span
-        # even when windows are short (a fast worker's sampler ticks every 0.05 s).
+        # even when windows are short (a fast worker's sampler ticks every 0.05 s). Evaluated when a new
+        # coarse point completes (every k closes); a coarse candidate is confirmed by the next evaluation.
         k = -(-len(self.windows) // TREND_WINDOWS)
-        if k >= 2:
-            coarse = self._coarse(k)
-            for name in list(self.trends):
-                if not self.trends[name].candidate:
-                    tr = self.evaluate(name, coarse)
-                    tr.scale = k
-                    if tr.candidate:
-                        self.trends[name] = tr
+        if k < 2:
+            self.coarse, self.coarse_streak = {}, 0
+        elif self.closed % k == 0:
+            pts = self._coarse(k)
+            self.coarse = {name: self.evaluate(name, pts) for name in fine}
+            for tr in self.coarse.values():
+                tr.scale = k
+            self.coarse_streak = self.coarse_streak + 1 if any(t.candidate for t in self.coarse.values()) else 0
+        self.trends = {name: (self.coarse[name] if not tr.candidate and name in self.coarse and self.coarse[name].candidate
+                              else tr) for name, tr in fine.items()}
         check, self.gc_check = self.gc_check, None
         if check is not None and not w.contaminated:
             for name, tr in self.trends.items():
@@ -257,19 +270,19 @@ class Tier1:
                 if tr.candidate and lvl < check[name] - tol:
                     tr.candidate = False
                     tr.reasons.append("growth did not survive a garbage collection")
+                    if tr.scale > 1:
+                        self.coarse_streak = 0
         # Allocator in-use bytes first: exact accounting, charged to the task that holds the memory (resident
         # memory lands on whichever task first touches fresh pages, e.g. after another freed a chunk).
         cands = [tr for name, tr in sorted(self.trends.items(), key=lambda kv: kv[0] != "used") if tr.candidate]
         # The trend shown: a candidate if any, else resident memory.
         self.trend = cands[0] if cands else self.trends["rss"]
-        if cands:
+        if any(tr.candidate and tr.scale == 1 for tr in self.trends.values()):
             self.candidate_streak += 1
         else:
             self.candidate_streak = 0
-        # Confirmation: the candidate holds at the next window close; on the coarse scale, until a whole new
-        # coarse point (k more windows) has come in.
-        need = 1 + min(tr.scale for tr in cands) if cands else 2
-        if not self.declared and self.candidate_streak >= max(2, need):
+        # Confirmation: a fine candidate holds at the next window close; a coarse one at the next coarse point.
+        if not self.declared and (self.candidate_streak >= 2 or (cands and self.coarse_streak >= 2)):
             self.declared = True
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
@@ -299,21 +312,9 @@ class Tier1:
             return tr
         ts = [(w.t0 + w.t1) / 2 for w in ws]
         ys = [w.level for w in ws] if signal == "rss" else [w.used_level for w in ws]
-        hs = [w.heap_level for w in ws]
-        tr.tau, tr.z = robust.mann_kendall(ys, tol=PAGE)
-        tr.slope = robust.theil_sen(ts, ys)
-        span = ts[-1] - ts[0]
-        tr.growth = tr.slope * span
-        half = (len(ws) + 1) // 2
-        tr.slope_recent = robust.theil_sen(ts[-(half + 1):], ys[-(half + 1):]) if half >= 1 else tr.slope
-        tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
-        incs = [b - a for a, b in zip(ys, ys[1:])]
-        pos = sum(i for i in incs if i > 0)
-        tr.spread = max(incs) / pos if pos > 0 else 1.0
-        tr.heap_tau, _ = robust.mann_kendall(hs, tol=8)
-        tr.heap_slope = robust.theil_sen(ts, hs)
-        base = ws[0].rss_min
         reasons = tr.reasons
+        # Cheap tests first; the costlier statistics (O(n^2) each) only for a trend that passed them. This
+        # runs on the sampler thread at every window close, which at 300 tasks/s is every ~0.15 s.
         if len(self.windows) < self.min_windows:
             reasons.append("too few windows")
         # The trend must cover enough work *or* enough time: MIN_SPAN_TASKS tasks (a task-driven pattern, such
@@ -322,16 +323,31 @@ class Tier1:
         span_tasks = sum(w.tasks for w in ws[1:])
         if span_tasks < self.min_span_tasks and ts[-1] - ts[0] < self.min_span_s:
             reasons.append("trend spans too few tasks and too little time")
-        if tr.tau < 0.5 or tr.z < 2.0:
-            reasons.append("no monotone trend")
-        if tr.growth < max(self.min_growth, self.rel_growth * base):
-            reasons.append("growth below threshold")
-        if tr.spread > 0.5:
-            reasons.append("growth concentrated in one step")
-        if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
-            reasons.append("growth is levelling off")
         if ys[-1] - ys[-2] <= 0 and ys[-2] - ys[-3] <= 0:
             reasons.append("no growth in the last windows")
+        incs = [b - a for a, b in zip(ys, ys[1:])]
+        pos = sum(i for i in incs if i > 0)
+        tr.spread = max(incs) / pos if pos > 0 else 1.0
+        if tr.spread > 0.5:
+            reasons.append("growth concentrated in one step")
+        tr.slope = robust.theil_sen(ts, ys)
+        tr.growth = tr.slope * (ts[-1] - ts[0])
+        if tr.growth < max(self.min_growth, self.rel_growth * ws[0].rss_min):
+            reasons.append("growth below threshold")
+        if reasons:
+            return tr
+        tr.tau, tr.z = robust.mann_kendall(ys, tol=PAGE)
+        if tr.tau < 0.5 or tr.z < 2.0:
+            reasons.append("no monotone trend")
+            return tr
+        half = (len(ws) + 1) // 2
+        tr.slope_recent = robust.theil_sen(ts[-(half + 1):], ys[-(half + 1):]) if half >= 1 else tr.slope
+        tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
+        if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
+            reasons.append("growth is levelling off")
+        hs = [w.heap_level for w in ws]
+        tr.heap_tau, _ = robust.mann_kendall(hs, tol=8)
+        tr.heap_slope = robust.theil_sen(ts, hs)
         tr.candidate = not reasons
         return tr
 
