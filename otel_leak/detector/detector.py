@@ -131,7 +131,9 @@ class Detector:
             return
         self._celery_hooked = True
         try:
-            sig.connect(self._on_worker_process_shutdown, weak=False, dispatch_uid="otel-leak-detector")
+            # Weak: the receiver goes with this detector (a fixed dispatch_uid or weak=False would keep the
+            # first detector of the process connected, and alive, forever).
+            sig.connect(self._on_worker_process_shutdown, weak=True)
         except Exception as exc:
             _log.debug("otel-leak: cannot connect to Celery's worker_process_shutdown (%s)", exc)
 
