@@ -173,7 +173,7 @@ def test_celery_worker_process_shutdown_writes_the_final_report(tmp_path):
         doc = json.loads(path.read_text())
         assert doc["final"] is True and doc["tasks_observed"] == stats.total
     finally:
-        signals.worker_process_shutdown.disconnect(dispatch_uid="otel-leak-detector")
+        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
         det.stop()
 
 
@@ -189,7 +189,7 @@ def test_hooked_later_when_celery_is_imported_after_the_detector_started(tmp_pat
         sampler.feed(next(stream(seconds=1)))
         assert det._celery_hooked
     finally:
-        signals.worker_process_shutdown.disconnect(dispatch_uid="otel-leak-detector")
+        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
         det.stop()
 
 
@@ -258,3 +258,18 @@ def test_prefork_child_leaving_through_os_exit_writes_a_final_report(redis_url, 
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_each_detector_connects_its_own_celery_receiver(tmp_path):
+    signals = pytest.importorskip("celery.signals")
+    made = [make_detector(tmp_path / name) for name in ("a", "b")]
+    try:
+        for det, sampler, stats in made:
+            sampler.feed(next(stream(seconds=1)))
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+        for name in ("a", "b"):
+            assert json.loads((tmp_path / name / f"{os.getpid()}.json").read_text())["final"] is True
+    finally:
+        for det, _, _ in made:
+            signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
+            det.stop()
