@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -69,16 +70,28 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
         sent = {LEAKY: 0, HEALTHY[0]: 0, HEALTHY[1]: 0}
         deadline = time.monotonic() + LOAD_LIMIT_S
         declared: dict[int, dict] = {}
+        # The mix of work varies from batch to batch, as real queues do. (With fixed proportions, e.g. a
+        # chain that always runs the three tasks together, no regression on counts can tell them apart:
+        # a documented limit of the detector's attribution.)
+        rng = random.Random(5)
         while time.monotonic() < deadline:
             batch = []
-            for _ in range(10):
+            counts = {LEAKY: rng.randint(4, 16), HEALTHY[0]: rng.randint(4, 16), HEALTHY[1]: rng.randint(4, 16)}
+            for _ in range(counts[LEAKY]):
                 batch.append(client.send_task(LEAKY, args=[uuid.uuid4().hex]))
+            for _ in range(counts[HEALTHY[0]]):
                 batch.append(client.send_task(HEALTHY[0]))
+            for _ in range(counts[HEALTHY[1]]):
                 batch.append(client.send_task(HEALTHY[1], args=["someone@example.com"]))
             task_pids.update(r.get(timeout=60) for r in batch)
             for name in sent:
-                sent[name] += 10
-            declared = {pid: d for pid, d in _child_files(proc_dir, celery_pid).items() if d.get("verdict") == "leak"}
+                sent[name] += counts[name]
+            # a leak is declared first; the suspect task follows once tier 2 has looked
+            declared = {
+                pid: d
+                for pid, d in _child_files(proc_dir, celery_pid).items()
+                if d.get("verdict") == "leak" and d.get("suspects")
+            }
             if len(declared) >= 2 and sent[LEAKY] >= 300:
                 break
         load_s = LOAD_LIMIT_S - (deadline - time.monotonic())
@@ -111,7 +124,7 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
     for c in children:
         assert c["role"] == "child" and c["ppid"] == celery_pid
         assert c["tasks_observed"] > 0 and set(c["task_counts"]) <= {LEAKY, *HEALTHY}
-    assert any(c["verdict"] == "leak" and c["suspects"][0]["task"] == LEAKY for c in children)
+    assert any(c["verdict"] == "leak" and c["suspects"] and c["suspects"][0]["task"] == LEAKY for c in children)
 
     # the allocation site is the leaking line of the app
     top3 = [(Path(s["file"]).name, s["line"]) for s in r["allocation_sites"][:3]]
