@@ -340,7 +340,7 @@ class Detector:
                     stop.wait(0.05)
                 with self._lock:
                     if self._burst is stop and not tier1.contaminating:
-                        tier1.increments.extend(rows)
+                        tier1.add_rows(rows)
                         self._event("attribution_burst", rows=len(rows))
                         if tier1.declared:
                             self._t1_attr = tier1.attribute()

@@ -140,6 +140,11 @@ class Tier1:
         self.windows: collections.deque[Window] = collections.deque(maxlen=MAX_WINDOWS)
         # (dt, d_rss, d_heap_blocks, d_used or None, task-count deltas, contaminated)
         self.increments: collections.deque[tuple] = collections.deque(maxlen=MAX_INCREMENTS)
+        # (task-count deltas, allocator in-use delta, contaminated) between consecutive allocator readings
+        self.used_rows: collections.deque[tuple] = collections.deque(maxlen=MAX_INCREMENTS)
+        self._used_acc: dict[str, int] = {}
+        self._used_dirty = False
+        self._used_last: int | None = None
         self.cur: Window | None = None
         self.prev = None  # previous sample
         self.prev_used: int | None = None
@@ -198,6 +203,16 @@ class Tier1:
             self.increments.append(
                 (t - prev.t, s.rss - prev.rss, s.heap_blocks - prev.heap_blocks, du, dcounts, dirty_inc)
             )
+            # Allocator rows run from one allocator reading to the next (readings are budgeted, so they may
+            # skip samples): the task counts in between are summed, nothing is lost.
+            acc = self._used_acc
+            for k, d in dcounts.items():
+                acc[k] = acc.get(k, 0) + d
+            self._used_dirty = self._used_dirty or dirty_inc
+        if used is not None:
+            if self._used_last is not None and self._used_acc:
+                self.used_rows.append((self._used_acc, used - self._used_last, self._used_dirty))
+            self._used_acc, self._used_dirty, self._used_last = {}, False, used
         w = self.cur
         if w is None:
             w = self.cur = Window(t0=t, rss_min=s.rss, heap_min=s.heap_blocks, used_min=used)
@@ -366,12 +381,19 @@ class Tier1:
         ws = list(self.windows)
         return [w.t1 for w in ws], [w.rss_min for w in ws]
 
+    def add_rows(self, rows: list[tuple]) -> None:
+        """Extra increments from a sampling burst, same shape as ``increments`` (allocator delta or None)."""
+        self.increments.extend(rows)
+        for dt, d_rss, d_heap, du, counts, dirty in rows:
+            if du is not None and counts:
+                self.used_rows.append((counts, du, dirty))
+
     def attribute(self, use_heap: bool = False) -> list[Attribution]:
         """Robust regression of per-sample growth on per-sample task counts, most to blame first."""
+        urows = [r for r in self.used_rows if not r[2] and r[0]]
+        if self.declared_signal == "used" and len(urows) >= 8 and not use_heap:
+            return regress([r[0] for r in urows], [float(r[1]) for r in urows])
         rows = [inc for inc in self.increments if not inc[5] and inc[4]]
-        with_used = [inc for inc in rows if inc[3] is not None]
-        if self.declared_signal == "used" and len(with_used) >= 0.8 * len(rows) and not use_heap:
-            return regress([inc[4] for inc in with_used], [float(inc[3]) for inc in with_used])
         return regress([inc[4] for inc in rows], [float(inc[2] if use_heap else inc[1]) for inc in rows])
 
 
