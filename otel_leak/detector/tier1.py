@@ -154,6 +154,8 @@ class Tier1:
         self.trends: dict[str, Trend] = {}
         self.candidate_streak = 0
         self.coarse: dict[str, Trend] = {}  # the last coarse-scale evaluation, per signal
+        self.fine: dict[str, Trend] = {}  # the last fine-scale evaluation, per signal
+        self.streaks: dict[str, int] = {}  # consecutive fine candidates, per signal
         self.used_ref: tuple[int, float] | None = None  # (used_min, used_level) of the last window with a reading
         self.coarse_streak = 0
         self.declared = False
@@ -260,8 +262,13 @@ class Tier1:
         if self.declared and self.closed % 4:
             return  # declared for good: the trend is only shown from now on, refresh it every 4th window
         fine = {"rss": self.evaluate("rss")}
+        fresh = {"rss"}  # signals evaluated at this close (a window without an allocator reading carries it)
         if w.used_min is not None:
             fine["used"] = self.evaluate("used")
+            fresh.add("used")
+        elif "used" in self.fine:
+            fine["used"] = self.fine["used"]
+        self.fine = fine
         # Coarse scale: once more than TREND_WINDOWS windows exist, also look at the whole kept history
         # (up to MAX_WINDOWS) merged k windows to a point, so a slow leak is seen over a long enough span
         # even when windows are short (a fast worker's sampler ticks every 0.05 s). Evaluated when a new
@@ -292,10 +299,11 @@ class Tier1:
         cands = [tr for name, tr in sorted(self.trends.items(), key=lambda kv: kv[0] != "used") if tr.candidate]
         # The trend shown: a candidate if any, else resident memory.
         self.trend = cands[0] if cands else self.trends["rss"]
-        if any(tr.candidate and tr.scale == 1 for tr in self.trends.values()):
-            self.candidate_streak += 1
-        else:
-            self.candidate_streak = 0
+        # Per signal: consecutive evaluations with a fine candidate (a carried trend neither adds nor resets).
+        for name in fresh:
+            tr = self.trends[name]
+            self.streaks[name] = self.streaks.get(name, 0) + 1 if tr.candidate and tr.scale == 1 else 0
+        self.candidate_streak = max(self.streaks.values(), default=0)
         # Confirmation: a fine candidate holds at the next window close; a coarse one at the next coarse point.
         if not self.declared and (self.candidate_streak >= 2 or (cands and self.coarse_streak >= 2)):
             self.declared = True
@@ -313,6 +321,7 @@ class Tier1:
             out.append(Window(
                 t0=ch[0].t0, t1=ch[-1].t1, samples=sum(c.samples for c in ch), rss_min=min(c.rss_min for c in ch),
                 tasks=sum(c.tasks for c in ch), level=min(c.level for c in ch),
+                used_min=min((c.used_min for c in ch if c.used_min is not None), default=None),
                 heap_level=min(c.heap_level for c in ch), used_level=min(c.used_level for c in ch),
             ))
         return out[-TREND_WINDOWS:]
@@ -322,6 +331,19 @@ class Tier1:
         if ws is None:
             ws = list(self.windows)[-TREND_WINDOWS:]
         tr = Trend(signal=signal, windows=len(self.windows))
+        tasks_before = 0
+        if signal == "used":
+            # Only the windows that had an allocator reading are points of this trend (readings are budgeted
+            # and may skip windows); the tasks of the windows in between still count for the span.
+            pts = []
+            for w in ws:
+                if w.used_min is not None:
+                    pts.append(w)
+                elif pts:
+                    tasks_before += w.tasks
+            if pts and ws[-1].used_min is None:
+                tasks_before -= sum(w.tasks for w in ws[ws.index(pts[-1]) + 1:])
+            ws = pts
         if len(ws) < 3:
             tr.reasons.append("too few windows")
             return tr
@@ -335,7 +357,7 @@ class Tier1:
         # The trend must cover enough work *or* enough time: MIN_SPAN_TASKS tasks (a task-driven pattern, such
         # as a GC cycle or a cache filling, repeats or levels off within a few hundred tasks whatever the
         # rate), or MIN_SPAN_S seconds (a time-driven one: a slow worker does not wait for 500 tasks).
-        span_tasks = sum(w.tasks for w in ws[1:])
+        span_tasks = sum(w.tasks for w in ws[1:]) + tasks_before
         if span_tasks < self.min_span_tasks and ts[-1] - ts[0] < self.min_span_s:
             reasons.append("trend spans too few tasks and too little time")
         if ys[-1] - ys[-2] <= 0 and ys[-2] - ys[-3] <= 0:
