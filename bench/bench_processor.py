@@ -5,6 +5,7 @@
 Measures, interleaving the configurations round by round so machine noise hits all of them alike:
   * bare:   SDK ``start_span(kind=CONSUMER).end()`` with no processor
   * leak:   the same with otel-leak attached in its default configuration (metrics into an SDK MeterProvider)
+  * fresh:  the same with START_READING_MAX_AGE_US=0 (a /proc read at every start as well as every end)
   * 1 ms worker throughput: tasks that busy-wait 1 ms, with and without otel-leak
   * flat memory: RSS growth over N task spans through the processor (default 1,000,000)
 """
@@ -27,12 +28,21 @@ from otel_leak.instrumentor import Runtime
 from otel_leak.probes import MemoryProbe
 
 
-def make(with_leak: bool):
+def make(with_leak: bool, start_max_age_us: str | None = None):
     tp = TracerProvider()
     runtime = None
     if with_leak:
         mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
-        runtime = Runtime(tp, mp)
+        env = "OTEL_PYTHON_LEAK_START_READING_MAX_AGE_US"
+        saved = os.environ.get(env)
+        if start_max_age_us is not None:
+            os.environ[env] = start_max_age_us
+        try:
+            runtime = Runtime(tp, mp)
+        finally:
+            os.environ.pop(env, None)
+            if saved is not None:
+                os.environ[env] = saved
     return tp.get_tracer("bench"), runtime
 
 
@@ -79,13 +89,18 @@ def main() -> None:
     bare, _ = make(False)
     leak, runtime = make(True)
     runtime.sampler.stop()  # per-span cost: the task path alone
-    for t in (bare, leak):
+    # The same with every start read fresh (START_READING_MAX_AGE_US=0): two /proc reads per task.
+    fresh, fresh_runtime = make(True, "0")
+    fresh_runtime.sampler.stop()
+    for t in (bare, leak, fresh):
         per_span_ns(t, 2000)
-    bare_ns, leak_ns, bare_tp, leak_tp = [], [], [], []
+    bare_ns, leak_ns, fresh_ns, bare_tp, leak_tp = [], [], [], [], []
     gc.collect()
     for _ in range(args.rounds):
         bare_ns.append(per_span_ns(bare, args.spans))
         leak_ns.append(per_span_ns(leak, args.spans))
+        fresh_ns.append(per_span_ns(fresh, args.spans))
+    fresh_runtime.shutdown()
     # Throughput: everything otel-leak does in the process, including the sampler thread (floor, GC pause
     # histogram, the metric records moved off the task path, detector tier 1), against the same bare SDK.
     runtime.sampler.start()
@@ -97,7 +112,7 @@ def main() -> None:
         leak_rtp.append(throughput(leak, args.tasks, 0.001, retain=8192))
     runtime.sampler.stop()
     trb, trl = statistics.median(bare_rtp), statistics.median(leak_rtp)
-    b, l = statistics.median(bare_ns), statistics.median(leak_ns)
+    b, l, lf = statistics.median(bare_ns), statistics.median(leak_ns), statistics.median(fresh_ns)
     tb, tl = statistics.median(bare_tp), statistics.median(leak_tp)
 
     flat = None
@@ -116,6 +131,8 @@ def main() -> None:
         "leak_span_ns": round(l),
         "added_ns_per_task_span": round(l - b),
         "ratio": round(l / b, 3),
+        "fresh_start_span_ns": round(lf),
+        "fresh_start_added_ns_per_task_span": round(lf - b),
         "throughput_1ms_bare_per_s": round(tb, 1),
         "throughput_1ms_leak_per_s": round(tl, 1),
         "throughput_cost_pct": round(100 * (tb - tl) / tb, 3),
@@ -132,6 +149,7 @@ def main() -> None:
     print(f"bare SDK span            {b:8.0f} ns")
     print(f"with otel-leak           {l:8.0f} ns   ratio {l / b:.3f}")
     print(f"added per task span      {l - b:8.0f} ns")
+    print(f"  every start read fresh {lf - b:8.0f} ns   (START_READING_MAX_AGE_US=0, ratio {lf / b:.3f})")
     print(f"1 ms tasks/s bare        {tb:8.1f}")
     print(f"1 ms tasks/s otel-leak   {tl:8.1f}   cost {100 * (tb - tl) / tb:.3f} %")
     print(f"1 ms tasks keeping 8 KiB: bare {trb:.1f}/s, otel-leak {trl:.1f}/s, cost {100 * (trb - trl) / trb:.3f} %")

@@ -161,6 +161,16 @@ TASK_HEAP_BLOCKS = setting(
     "pymalloc arena, so its cost grows with the heap (about 1 us at 50 MB, several us on large heaps). "
     "While tracemalloc traces, the traced-bytes delta is set instead, at constant cost.",
 )
+START_READING_MAX_AGE_US = setting(
+    "START_READING_MAX_AGE_US",
+    "float",
+    50.0,
+    "A task's start resident-memory reading reuses the process's latest reading when that is at most this "
+    "many microseconds old (back-to-back tasks then cost one /proc read, not two; the delta may include up to "
+    "this long before the start). End readings are always fresh. 0 reads at every start.",
+    minimum=0,
+    maximum=1_000_000,
+)
 GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")
 
 

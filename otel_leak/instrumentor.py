@@ -43,6 +43,7 @@ class Runtime:
             name_patterns=config.get(config.TASK_SPAN_NAMES),
             max_task_types=config.get(config.MAX_TASK_TYPES),
             heap_blocks=config.get(config.TASK_HEAP_BLOCKS),
+            start_max_age_us=config.get(config.START_READING_MAX_AGE_US),
         )
         self.sampler = Sampler(
             self.memory,

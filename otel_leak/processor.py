@@ -3,12 +3,17 @@
 A *task span* is, by default, the local root of a unit of work: no parent or a remote parent, of kind
 CONSUMER or SERVER (configurable), or any span whose name matches a configured pattern.
 
-At ``on_start`` the processor reads resident memory, Python heap blocks and the GC counters, and replaces
-``end`` on the span instance with a wrapper (a span cannot be changed at ``_on_ending``/``on_end``:
-FACTS.md). The wrapper sets the deltas on the span, records the per-task metrics with the span's context
-(so exemplars carry its trace id), deletes itself from the instance (breaking the span↔closure cycle) and
-calls the real ``end``. State lives only in that closure: a span that never ends leaves nothing behind in
-the processor, a span ended twice is measured once, a span ended in another thread is measured there.
+At ``on_start`` the processor takes the start readings (resident memory, GC counters, optionally heap
+blocks / traced bytes) and keeps them on the span itself. As the span ends, before any exporter sees it,
+it measures again, writes the deltas into the span's attributes and counts the task; the per-task
+histograms are recorded from the sampler thread with the span's context (so exemplars carry its trace
+id). How the span is reached as it ends depends on the SDK version: see the comment above ``on_start``.
+State lives only on the span: a span that never ends leaves nothing behind in the processor, a span ended
+twice is measured once, a span ended in another thread is measured there.
+
+Back-to-back tasks share a reading: a start reading reuses the process's latest one when it is at most
+``OTEL_PYTHON_LEAK_START_READING_MAX_AGE_US`` old (default 50 µs), so a busy worker pays for one
+``/proc/self/statm`` read per task instead of two. End readings are always fresh.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import collections
 import logging
 import os
 import re
+from functools import partial
 from tracemalloc import get_traced_memory as _traced
 from tracemalloc import is_tracing as _is_tracing
 from typing import Iterable
@@ -24,7 +30,7 @@ from typing import Iterable
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.metrics import Observation
-from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace import Event, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY
 
@@ -82,17 +88,20 @@ class TaskStats:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.total = 0
         self.recent_traces: dict[str, collections.deque[int]] = {}
         # Set by the detector: task identity -> span event attributes for that task's spans.
         self.suspects: dict[str, dict] = {}
+
+    @property
+    def total(self) -> int:
+        """Task spans measured (bounded work: one entry per task type)."""
+        return sum(self.counts.values())
 
     def trace_ids(self, task: str) -> list[str]:
         return [format(t, "032x") for t in self.recent_traces.get(task, ())]
 
     def reset(self) -> None:
         self.counts.clear()
-        self.total = 0
         self.recent_traces.clear()
         self.suspects = {}
 
@@ -118,8 +127,12 @@ class TaskSpanProcessor(SpanProcessor):
         name_patterns: Iterable[str] = (),
         max_task_types: int = 100,
         heap_blocks: bool = False,
+        start_max_age_us: float = 50.0,
     ) -> None:
         self.heap_blocks = heap_blocks
+        self.start_max_age = start_max_age_us / 1e6
+        # SDK >= 1.40 calls _on_ending before on_end; older ones never do (the end wrapper is used then).
+        self.on_ending = hasattr(SpanProcessor, "_on_ending")
         self.memory = memory
         self.heap = heap
         self.gc = gc_probe
@@ -152,17 +165,15 @@ class TaskSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=self._after_fork)
 
     # ------------------------------------------------------------------ recognition and identity
-    def is_task_span(self, span) -> bool:
-        parent = span.parent
-        if (parent is None or parent.is_remote) and span.kind in self.kinds:
-            return True
-        return self._name_re is not None and self._name_re.search(span.name) is not None
-
     def _task_type(self, span) -> _TaskType:
-        attrs = span.attributes
+        bounded = getattr(span, "_attributes", None)
+        store = bounded._dict if type(bounded) is BoundedAttributes else span.attributes
+        return self._identify(span, store)
+
+    def _identify(self, span, attrs) -> _TaskType:
+        """The span's task type from its attributes (a plain dict or mapping), else its name."""
         raw = None
         if attrs:
-            attrs = getattr(attrs, "_dict", attrs)  # BoundedAttributes: its plain dict looks up in C
             for key in IDENTITY_ATTRIBUTES:
                 raw = attrs.get(key)
                 if raw:
@@ -179,49 +190,66 @@ class TaskSpanProcessor(SpanProcessor):
         return tt
 
     # ------------------------------------------------------------------ SpanProcessor
+    # The per-task path is written for speed (bench/bench_processor.py). Two ways to reach the span
+    # before it is exported:
+    #  * SDK >= 1.40: Span.end() calls _on_ending(span) before on_end (so before any exporter sees it).
+    #    The start readings ride on the span as one attribute; _on_ending measures and writes the
+    #    attributes into the span's BoundedAttributes store, which end() has marked immutable for the
+    #    public setters but which the ReadableSpan handed to on_end shares. About 0.2 us of plumbing.
+    #  * otherwise (SDK 1.39, or a span whose attributes are not a BoundedAttributes): ``end`` on the
+    #    span instance is replaced by a partial that measures and sets the attributes before the real end
+    #    (FACTS.md). About 1 us: an instance attribute shadowing a method slows every later attribute
+    #    access on that span.
     def on_start(self, span, parent_context=None) -> None:
         if not self.enabled:
             return
         try:
-            if not self.is_task_span(span):
-                return
-            start_rss = self.memory.rss()
+            parent = span.parent
+            if not ((parent is None or parent.is_remote) and span.kind in self.kinds):
+                if self._name_re is None or self._name_re.search(span.name) is None:
+                    return
+            start_rss = self.memory.recent_rss(self.start_max_age)
             if start_rss is None:
                 return
-            start_blocks = self.heap.blocks() if self.heap_blocks else None
-            start_traced = _traced() if _is_tracing() else None
             gcp = self.gc
-            start_gc = gcp.collections
-            start_pause = gcp.pause_total
-            real_end = span.end
-            measure = self._measure
-
-            def end(end_time=None):
-                # Remove ourselves first: a second end() goes straight to the SDK (which ignores it),
-                # and the span <-> closure cycle is broken.
-                try:
-                    del span.end
-                except AttributeError:
-                    pass
-                measure(span, start_rss, start_blocks, start_traced, start_gc, start_pause)
-                return real_end(end_time)
-
-            span.end = end
+            start = (
+                start_rss,
+                gcp.collections,
+                gcp.pause_total,
+                self.heap.blocks() if self.heap_blocks else None,
+                _traced()[0] if _is_tracing() else None,
+            )
+            if self.on_ending and type(getattr(span, "_attributes", None)) is BoundedAttributes:
+                span._otel_leak_start = start
+            else:
+                span.end = partial(self._end, span, span.end, start)
         except Exception as exc:
             self._fail(exc)
 
-    def _measure(self, span, start_rss, start_blocks, start_traced, start_gc, start_pause) -> None:
-        if not self.enabled:
+    def _on_ending(self, span) -> None:
+        """Measure a task span as it ends (SDK >= 1.40 calls this; the end wrapper calls it otherwise)."""
+        start = getattr(span, "_otel_leak_start", None)
+        if start is None or not self.enabled:
             return
+        span._otel_leak_start = None  # measured once
         try:
             rss = self.memory.rss()
             if rss is None:
                 return
+            start_rss, start_gc, start_pause, start_blocks, start_traced = start
             delta = rss - start_rss
             gcp = self.gc
-            tt = self._task_type(span)
+            bounded = getattr(span, "_attributes", None)
+            if type(bounded) is BoundedAttributes:
+                store = bounded._dict
+            else:  # another SDK version: the public (slower) paths
+                bounded, store = None, span.attributes
+            tt = (store and self._identify(span, store)) or self._types.get(span.name)
+            if tt is None:
+                tt = self._identify(span, store)
+            name = tt.name
             attributes = {
-                _A_TASK: tt.name,
+                _A_TASK: name,
                 _A_RSS_DELTA: delta,
                 _A_RSS_END: rss,
                 _A_GC_COLLECTIONS: gcp.collections - start_gc,
@@ -230,23 +258,52 @@ class TaskSpanProcessor(SpanProcessor):
             if start_blocks is not None:
                 attributes[_A_BLOCKS_DELTA] = (self.heap.blocks() or start_blocks) - start_blocks
             if start_traced is not None and _is_tracing():
-                attributes[_A_TRACED_DELTA] = _traced()[0] - start_traced[0]
-            _set_attributes(span, attributes)
+                attributes[_A_TRACED_DELTA] = _traced()[0] - start_traced
+            if bounded is not None and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen):
+                # span.set_attributes costs ~3 us (a lock, per-value validation); these values are
+                # known-valid. The same store the exported span reads.
+                store.update(attributes)
+            else:
+                span.set_attributes(attributes)
             stats = self.stats
-            name = tt.name
-            stats.counts[name] = stats.counts.get(name, 0) + 1
-            stats.total += 1
+            counts = stats.counts
+            counts[name] = counts.get(name, 0) + 1
             ctx = span.get_span_context()
             tt.traces.append(ctx.trace_id)  # shared with stats.recent_traces
             if stats.suspects:
                 event = stats.suspects.get(name)
                 if event is not None:
-                    span.add_event(names.EVENT_LEAK_SUSPECT, event)
+                    if getattr(span, "end_time", None) is not None:
+                        # add_event refuses an ended span (_on_ending); its event list is what is exported
+                        span._events.append(Event(names.EVENT_LEAK_SUSPECT, BoundedAttributes(attributes=event)))
+                    else:
+                        span.add_event(names.EVENT_LEAK_SUSPECT, event)
             if delta:
-                # Recording into an SDK histogram costs 5-8 us; the sampler thread does it (flush_metrics).
+                # Recording into an SDK histogram costs 5-8 us: the sampler thread does it (flush_metrics).
                 self._pending.append((tt, delta, ctx))
         except Exception as exc:
             self._fail(exc)
+
+    def _end(self, span, real_end, start, end_time=None):
+        """``span.end`` while the task runs (the fallback path): measure, then the real ``end``."""
+        # Remove ourselves first: a second end() goes straight to the SDK (which ignores it), and the
+        # span <-> partial cycle is broken.
+        try:
+            del span.end
+        except AttributeError:
+            pass
+        try:
+            span._otel_leak_start = start
+        except Exception:  # a span type without instance attributes
+            return real_end(end_time)
+        self._on_ending(span)
+        return real_end(end_time)
+
+    def is_task_span(self, span) -> bool:
+        parent = span.parent
+        if (parent is None or parent.is_remote) and span.kind in self.kinds:
+            return True
+        return self._name_re is not None and self._name_re.search(span.name) is not None
 
     def flush_metrics(self, _sample=None) -> None:
         """Record the buffered task measurements (sampler thread, force_flush, exit).
@@ -293,15 +350,3 @@ class TaskSpanProcessor(SpanProcessor):
         self.flush_metrics()
         return True
 
-
-def _set_attributes(span, attributes: dict) -> None:
-    """``span.set_attributes`` costs ~3 us (a lock and per-value validation). Our values are known-valid
-    ints/floats/strings, so where the SDK's ``BoundedAttributes`` is present and has room, write them
-    directly (~0.2 us); anything else takes the public path."""
-    bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes:  # called before the real end(): still mutable
-        store = bounded._dict
-        if bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen:
-            store.update(attributes)
-            return
-    span.set_attributes(attributes)

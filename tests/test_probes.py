@@ -33,7 +33,8 @@ def test_forked_child_reads_its_own_memory_not_the_parents():
     if pid == 0:  # child: grow by 128 MiB, report what the probe reads and what the kernel says
         try:
             ballast = bytearray(128 * 1024 * 1024)
-            os.write(w, f"{probe.rss()} {_vmrss()} {len(ballast)}".encode())
+            # recent_rss first: the parent's latest reading must not count as the child's
+            os.write(w, f"{probe.recent_rss(3600.0)} {_vmrss()} {len(ballast)}".encode())
         finally:
             os._exit(0)
     os.close(w)
