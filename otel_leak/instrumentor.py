@@ -60,14 +60,16 @@ class Runtime:
             sampler=self.sampler,
             configured_limit=config.get(config.MEMORY_LIMIT),
         )
-        self.sampler.add_listener(self.processor.flush_metrics)
+        self.sampler.add_listener(self.processor.flush_metrics, budgeted=False)
         tracer_provider.add_span_processor(self.processor)
         # Registered after the SDK providers, so it runs before their shutdown: the last second of task
         # measurements reaches the exporters.
         atexit.register(self.processor.flush_metrics)
-        self.sampler.start()
+        # The detector listens before the sampler's first tick: that tick is its baseline, and the
+        # tasks that run meanwhile are counted from it (attached after, it would wait a whole interval).
         self.detector = None
         self._attach_detector(meter, logger_provider)
+        self.sampler.start()
 
     def _attach_detector(self, meter, logger_provider) -> None:
         try:

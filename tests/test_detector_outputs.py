@@ -273,3 +273,24 @@ def test_each_detector_connects_its_own_celery_receiver(tmp_path):
         for det, _, _ in made:
             signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
             det.stop()
+
+
+def test_detector_sees_the_first_sample_the_sampler_takes():
+    """Attached before the sampler starts: its baseline is the first tick, not one interval later (at
+    300 tasks/s a 1 s late baseline is ~300 tasks of a leak unseen)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otel_leak.instrumentor import Runtime
+
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    runtime = Runtime(TracerProvider(), mp)
+    try:
+        deadline = time.monotonic() + 0.5  # the configured interval is 1 s
+        while runtime.detector.start_t is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runtime.detector.start_t is not None
+    finally:
+        runtime.shutdown()
+        mp.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 
 from otel_leak.probes import FloorTracker, GcProbe, MemoryProbe, thread_count
 
@@ -108,10 +109,63 @@ def test_thread_count_counts_native_threads():
 
 def test_sampler_keeps_its_thread_within_the_cpu_budget():
     from otel_leak.probes import HeapProbe
-    from otel_leak.sampler import TICK_BUDGET, Sampler
+    from otel_leak.sampler import TICK_ALLOWANCE, TICK_BUDGET, Sampler
 
     sampler = Sampler(MemoryProbe(), HeapProbe(), None, interval=0.01)
     assert sampler.next_wait(0.00001) == 0.01  # cheap ticks: the interval asked for
-    for _ in range(20):
-        wait = sampler.next_wait(0.001)  # 1 ms ticks: stretched so ticks use <= TICK_BUDGET of a core
-    assert abs(wait - 0.001 / TICK_BUDGET) < 0.05
+    waits = [sampler.next_wait(0.001) for _ in range(500)]  # 1 ms ticks
+    assert waits[0] == 0.01  # the first expensive ticks are paid from the allowance...
+    assert abs(waits[-1] - 0.001 / TICK_BUDGET) < 0.05  # ...then ticks are stretched to the budget
+    cpu, wall = 0.00001 + 500 * 0.001, 0.01 + sum(waits)
+    assert cpu <= TICK_BUDGET * wall + TICK_ALLOWANCE + 0.001
+
+
+def test_sampler_drains_run_every_tick_without_stretching_the_interval():
+    """The processor's queued histogram points are drained after the budgeted part of a tick: their cost
+    grows with the tasks run, and waiting longer would not make it smaller."""
+    from otel_leak.probes import HeapProbe
+    from otel_leak.sampler import Sampler
+
+    sampler = Sampler(MemoryProbe(), HeapProbe(), None, interval=0.02)
+    drained, seen = [], []
+
+    def slow_drain(sample):
+        end = time.thread_time() + 0.003  # 3 ms of CPU: would stretch the wait to >= 0.75 s if budgeted
+        while time.thread_time() < end:
+            pass
+        drained.append(sample.t)
+
+    sampler.add_listener(lambda s: seen.append(s.t))
+    sampler.add_listener(slow_drain, budgeted=False)
+    sampler.start()
+    try:
+        time.sleep(0.6)
+    finally:
+        sampler.stop()
+    assert len(seen) >= 8, seen  # ~0.02 s + 3 ms per tick, not one tick per 0.75 s
+    assert drained and abs(len(drained) - len(seen)) <= 1  # the drain ran with every tick
+    assert sampler.tick_cost < 0.002
+
+
+def test_work_a_listener_budgets_itself_is_not_charged_to_the_tick():
+    from otel_leak.probes import HeapProbe
+    from otel_leak.sampler import Sampler
+
+    sampler = Sampler(MemoryProbe(), HeapProbe(), None, interval=0.02)
+    seen = []
+
+    def walker(sample):  # like the detector's allocator walks: 3 ms, under a budget of its own
+        t0 = time.thread_time()
+        while time.thread_time() < t0 + 0.003:
+            pass
+        sampler.exempt(time.thread_time() - t0)
+        seen.append(sample.t)
+
+    sampler.add_listener(walker)
+    sampler.start()
+    try:
+        time.sleep(0.6)
+    finally:
+        sampler.stop()
+    assert len(seen) >= 8, seen
+    assert sampler.tick_cost < 0.002

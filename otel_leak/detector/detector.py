@@ -43,7 +43,8 @@ RATE_HORIZON = 1.0  # seconds of samples the task rate is measured over
 # longest, so a leak of a few calls a second still shows its allocation site.
 TIER2_TASKS = 90
 TIER2_MIN_WINDOW = 0.3
-MALLINFO_DUTY = 2000  # the next allocator reading waits this many times the last one's cost
+MALLINFO_DUTY = 2000  # allocator walks take at most 1/MALLINFO_DUTY of the time (0.05 %)...
+MALLINFO_BURST = 0.01  # ...plus this allowance in seconds (see Detector._malloc)
 TIER2_WAIT = 10.0  # seconds per-task suspects wait for tier 2's first window before tier 1 alone names them
 # A suspect's coefficient must be this many standard errors above zero (and >= 20 % of the explained growth):
 # tier 1 regresses resident/allocator bytes over rows of many tasks (noisier, and its Huber standard errors
@@ -172,7 +173,9 @@ class Detector:
         self._burst = None
         self._mi_cheap = False
         self._mi_off = False
-        self._mi_next = -1e18
+        self._mi_allow = MALLINFO_BURST  # seconds of allocator walking the budget allows now
+        self._mi_t: float | None = None
+        self._mi_cost = 0.0  # smoothed cost of one reading
         self.malloc_windows: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=64)
         self.last_write = -1e18
         self.write_error_logged = False
@@ -252,6 +255,8 @@ class Detector:
         q.append((s.t, s.tasks_total))
         while len(q) > 2 and s.t - q[1][0] >= RATE_HORIZON:
             q.popleft()
+        while len(q) > 2 and q[1][1] == 0:
+            q.popleft()  # the rate is measured from the last sample before the first tasks, not over start-up
         t0, n0 = q[0]
         dt = s.t - t0
         if dt <= 0:
@@ -302,9 +307,14 @@ class Detector:
         if not gc.isenabled():
             return
         t0 = time.perf_counter()
+        # The allocator's in-use bytes around it (two readings per suspicion, outside the walk budget):
+        # how much of the growth the collection handed back.
+        before = None if self._mi_off else T2.malloc_info()
         gc.collect(1)
-        self.tier1.note_collect()
-        self._event("young_gc", duration_s=round(time.perf_counter() - t0, 4))
+        after = None if before is None else T2.malloc_info()
+        freed = max(0, before[0] - after[0]) if before is not None and after is not None else None
+        self.tier1.note_collect(freed)
+        self._event("young_gc", duration_s=round(time.perf_counter() - t0, 4), freed_bytes=freed)
 
     def _start_burst(self) -> None:
         """On suspicion: a cheap ~20 Hz sampling burst of (task counts, RSS, malloc in-use) for a few seconds.
@@ -351,8 +361,19 @@ class Detector:
         threading.Thread(target=run, name="otel-leak-burst", daemon=True).start()
 
     def _malloc(self, now: float):
-        """glibc in-use/free bytes, at most every few seconds when the allocator is slow to walk."""
-        if self._mi_off or now < self._mi_next:
+        """glibc in-use/free bytes, read as often as the allocator-walk budget allows.
+
+        ``mallinfo2`` walks the allocator's free lists: tens of microseconds usually, milliseconds right
+        after start-up (import garbage in the bins). A token bucket keeps the walks under 1/MALLINFO_DUTY
+        of the time with an allowance of MALLINFO_BURST seconds, so one expensive start-up reading does not
+        stall the readings for many seconds, and the long-run share stays bounded.
+        """
+        if self._mi_off:
+            return None
+        if self._mi_t is not None:
+            self._mi_allow = min(MALLINFO_BURST, self._mi_allow + (now - self._mi_t) / MALLINFO_DUTY)
+        self._mi_t = now
+        if self._mi_allow < self._mi_cost:
             return None
         t0 = time.perf_counter()
         mi = T2.malloc_info()
@@ -360,9 +381,11 @@ class Detector:
         if mi is None:
             self._mi_off = True
             return None
-        # Keep the walk of the allocator's free lists under ~0.05 % of the time: it can cost a few hundred
-        # microseconds with many arenas, and the sampler's whole tick is budgeted (it may tick at 20 Hz).
-        self._mi_next = now + cost * MALLINFO_DUTY
+        self._mi_allow -= cost
+        self._mi_cost = cost if not self._mi_cost else 0.7 * self._mi_cost + 0.3 * cost
+        exempt = getattr(self.sampler, "exempt", None)
+        if exempt is not None:
+            exempt(cost)  # budgeted here, not in the sampler's tick budget
         self._mi_cheap = cost <= 0.0005
         return mi
 

@@ -21,10 +21,14 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
   lazy imports, tables loaded once, allocator retention that jumps then plateaus),
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
 
+* for resident memory: the young collections the detector forces on suspicion did not free (in the
+  allocator's in-use bytes) half of the growth or more (resident memory keeps the pages of freed garbage,
+  so a long GC period looks like a steady climb there; only the allocator can tell),
+
 and all of that holds at two consecutive window closes (confirmation over more than one window). The trend
 is evaluated on the last 16 windows and, once more windows are kept, also on all kept windows (up to 64)
 merged a few to a point, so short windows (a fast worker) do not shorten the span a slow leak is seen over;
-a coarse candidate must hold until a whole new coarse point has come in.
+a coarse candidate must hold, on the same signal, until a whole new coarse point has come in.
 
 Attribution regresses per-sample resident-memory increments on the per-sample completed-task counts of
 each task type (Huber-weighted, nonnegative least squares): neighbours' transient allocations are noise,
@@ -157,7 +161,7 @@ class Tier1:
         self.fine: dict[str, Trend] = {}  # the last fine-scale evaluation, per signal
         self.streaks: dict[str, int] = {}  # consecutive fine candidates, per signal
         self.used_ref: tuple[int, float] | None = None  # (used_min, used_level) of the last window with a reading
-        self.coarse_streak = 0
+        self.coarse_streaks: dict[str, int] = {}  # consecutive coarse candidates, per signal
         self.declared = False
         self.declared_t: float | None = None
         self.declared_tasks: int | None = None
@@ -166,6 +170,7 @@ class Tier1:
         self.contaminating = False
         self.tasks_total = 0
         self.gc_check: dict[str, float] | None = None  # levels before a forced young collection
+        self.collections: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)  # (t, freed)
 
     # ------------------------------------------------------------------ feeding
     def contaminate(self, active: bool, until: float | None = None) -> None:
@@ -176,11 +181,18 @@ class Tier1:
         if active and self.cur is not None:
             self.cur.contaminated = True
 
-    def note_collect(self) -> None:
-        """A young-generation collection was forced: the next window must keep the growth."""
+    def note_collect(self, freed: int | None = None) -> None:
+        """A young-generation collection was forced: the next window must keep the growth.
+
+        ``freed``: the allocator's in-use bytes it gave back (read just before and after), when known.
+        Resident memory does not fall when garbage is freed (the allocator keeps the pages), so a
+        resident-memory trend over which forced collections freed at least half of its growth is the
+        high-water mark of cyclic garbage, not memory held by live objects (see :meth:`evaluate`)."""
         if self.windows:
             w = self.windows[-1]
             self.gc_check = {"rss": w.level, "used": w.used_level}
+        if freed is not None and self.prev is not None:
+            self.collections.append((self.prev.t, freed))
 
     def add(self, s, used: int | None = None) -> bool:
         """Feed one sample (and the allocator's in-use bytes, if known); True when a window closed."""
@@ -275,13 +287,13 @@ class Tier1:
         # coarse point completes (every k closes); a coarse candidate is confirmed by the next evaluation.
         k = -(-len(self.windows) // TREND_WINDOWS)
         if k < 2:
-            self.coarse, self.coarse_streak = {}, 0
+            self.coarse, self.coarse_streaks = {}, {}
         elif self.closed % k == 0:
             pts = self._coarse(k)
             self.coarse = {name: self.evaluate(name, pts) for name in fine}
-            for tr in self.coarse.values():
+            for name, tr in self.coarse.items():
                 tr.scale = k
-            self.coarse_streak = self.coarse_streak + 1 if any(t.candidate for t in self.coarse.values()) else 0
+                self.coarse_streaks[name] = self.coarse_streaks.get(name, 0) + 1 if tr.candidate else 0
         self.trends = {name: (self.coarse[name] if not tr.candidate and name in self.coarse and self.coarse[name].candidate
                               else tr) for name, tr in fine.items()}
         check, self.gc_check = self.gc_check, None
@@ -293,7 +305,7 @@ class Tier1:
                     tr.candidate = False
                     tr.reasons.append("growth did not survive a garbage collection")
                     if tr.scale > 1:
-                        self.coarse_streak = 0
+                        self.coarse_streaks[name] = 0
         # Allocator in-use bytes first: exact accounting, charged to the task that holds the memory (resident
         # memory lands on whichever task first touches fresh pages, e.g. after another freed a chunk).
         cands = [tr for name, tr in sorted(self.trends.items(), key=lambda kv: kv[0] != "used") if tr.candidate]
@@ -304,8 +316,10 @@ class Tier1:
             tr = self.trends[name]
             self.streaks[name] = self.streaks.get(name, 0) + 1 if tr.candidate and tr.scale == 1 else 0
         self.candidate_streak = max(self.streaks.values(), default=0)
-        # Confirmation: a fine candidate holds at the next window close; a coarse one at the next coarse point.
-        if not self.declared and (self.candidate_streak >= 2 or (cands and self.coarse_streak >= 2)):
+        # Confirmation: a fine candidate holds at the next window close; a coarse one at the next coarse point
+        # (the same signal both times).
+        coarse_ok = any(tr.candidate and tr.scale > 1 and self.coarse_streaks.get(tr.signal, 0) >= 2 for tr in cands)
+        if not self.declared and (self.candidate_streak >= 2 or coarse_ok):
             self.declared = True
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
@@ -382,6 +396,11 @@ class Tier1:
         tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
         if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
             reasons.append("growth is levelling off")
+        if signal == "rss" and self.collections:
+            garbage = sum(f for t, f in self.collections if t >= ws[0].t0)
+            if garbage >= 0.5 * tr.growth:
+                reasons.append(f"forced collections freed {garbage} B of in-use memory over the trend: "
+                               "the resident growth is the high-water mark of cyclic garbage")
         hs = [w.heap_level for w in ws]
         tr.heap_tau, _ = robust.mann_kendall(hs, tol=8)
         tr.heap_slope = robust.theil_sen(ts, hs)
