@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from typing import Collection
 
 from opentelemetry import metrics, trace
@@ -61,6 +62,8 @@ class Runtime:
             configured_limit=config.get(config.MEMORY_LIMIT),
         )
         self.sampler.add_listener(self.processor.flush_metrics, budgeted=False)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget_parent_points)
         tracer_provider.add_span_processor(self.processor)
         # Registered after the SDK providers, so it runs before their shutdown: the last second of task
         # measurements reaches the exporters.
@@ -85,6 +88,15 @@ class Runtime:
             )
         except Exception as exc:
             _log.warning("otel-leak: the leak detector could not start (%s: %s); signals still flow", type(exc).__name__, exc)
+
+    def _forget_parent_points(self) -> None:
+        """In a forked child: the parent's task and GC-pause points are not this process's to export."""
+        try:
+            from otel_leak.metrics import forget_other_processes
+
+            forget_other_processes([self.processor._growth, self.processor._release, self.metrics._pause])
+        except Exception:  # never into the child's start-up
+            pass
 
     def shutdown(self) -> None:
         self.processor.shutdown()

@@ -3,7 +3,8 @@
 Observable instruments read the probes when the SDK's reader collects (off the task path). The GC pause
 histogram is fed from the sampler thread, which drains the pauses the ``gc.callbacks`` probe buffered.
 Every data point carries ``process.pid``: prefork children share their parent's resource, and without
-the pid their cumulative series would collide.
+the pid their cumulative series would collide. A forked child also drops the points its parent recorded
+into the synchronous instruments (:func:`forget_other_processes`).
 """
 
 from __future__ import annotations
@@ -115,3 +116,41 @@ class ProcessMetrics:
             ]
 
         return callback
+
+
+def forget_other_processes(instruments) -> int:
+    """Drop, in a forked child, the data points the parent recorded into these synchronous instruments.
+
+    The child inherits the SDK's metric state: without this it would export the parent's cumulative
+    series (``process.pid`` = the parent's) from its own resource for ever, and they would collide with
+    the series the parent keeps updating. Observable instruments need nothing: they are observed afresh.
+    This reaches into the SDK's storage (``_measurement_consumer`` → reader storages → view matches,
+    checked against SDK 1.39–1.45); on any other layout it does nothing. Returns the points dropped.
+    """
+    pid = os.getpid()
+    dropped = 0
+    for instrument in instruments:
+        try:
+            storages = instrument._measurement_consumer._reader_storages.values()
+        except AttributeError:
+            continue
+        for storage in list(storages):
+            matches = getattr(storage, "_instrument_view_instrument_matches", {}).get(instrument, ())
+            for match in matches:
+                aggregations = getattr(match, "_attributes_aggregation", None)
+                lock = getattr(match, "_lock", None)
+                if not isinstance(aggregations, dict) or lock is None:
+                    continue
+                # A lock held at fork time by a thread that does not exist here is never released.
+                if not lock.acquire(timeout=0.1):
+                    continue
+                try:
+                    for key, aggregation in list(aggregations.items()):
+                        attrs = getattr(aggregation, "_attributes", None) or {}
+                        owner = attrs.get(names.SPAN_PID)
+                        if owner is not None and owner != pid:
+                            del aggregations[key]
+                            dropped += 1
+                finally:
+                    lock.release()
+    return dropped

@@ -279,3 +279,59 @@ def test_back_to_back_tasks_share_one_reading_per_boundary(env, monkeypatch):
     # may force an extra read now and then.
     assert 200 <= len(reads) < 300
     assert env.processor.stats.counts == {"t": 200}
+
+
+def test_forked_child_exports_only_its_own_task_and_gc_series():
+    """Prefork children inherit the SDK's metric state. Without pruning, a child re-exports the parent's
+    cumulative task and GC-pause series (process.pid = the parent's) for ever, and they collide with the
+    series the parent keeps updating."""
+    import json
+    import os
+
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    tp = TracerProvider()
+    runtime = Runtime(tp, mp)
+    runtime.sampler.stop()
+    tracer = tp.get_tracer("t")
+
+    def grow_task(name):
+        region = mmap.mmap(-1, 4 * 1024 * 1024)
+        with tracer.start_as_current_span(name, kind=SpanKind.CONSUMER):
+            for off in range(0, len(region), mmap.PAGESIZE):
+                region[off] = 1
+        gc.collect()
+        runtime.sampler.tick()  # records the buffered GC pauses
+        runtime.processor.flush_metrics()
+        return region
+
+    def pids_by_metric():
+        out = {}
+        for rm in reader.get_metrics_data().resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name in (names.TASK_MEMORY_GROWTH.name, names.GC_PAUSE.name):
+                        out[m.name] = sorted({p.attributes[names.SPAN_PID] for p in m.data.data_points})
+        return out
+
+    try:
+        kept = [grow_task("parent-task")]
+        parent = os.getpid()
+        assert pids_by_metric() == {names.TASK_MEMORY_GROWTH.name: [parent], names.GC_PAUSE.name: [parent]}
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                kept.append(grow_task("child-task"))
+                os.write(w, json.dumps(pids_by_metric()).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        seen = json.loads(os.read(r, 65536).decode())
+        os.waitpid(child, 0)
+        assert seen == {names.TASK_MEMORY_GROWTH.name: [child], names.GC_PAUSE.name: [child]}
+        assert pids_by_metric()[names.TASK_MEMORY_GROWTH.name] == [parent]  # the parent keeps its own
+    finally:
+        runtime.shutdown()
+        tp.shutdown()
+        mp.shutdown()
