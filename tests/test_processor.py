@@ -275,9 +275,9 @@ def test_back_to_back_tasks_share_one_reading_per_boundary(env, monkeypatch):
     monkeypatch.setattr(env.runtime.memory, "rss", lambda: reads.append(1) or real())
     for _ in range(200):
         env.tracer.start_span("t", kind=SpanKind.CONSUMER).end()
-    # The end reading of one task is the start reading of the next (default 50 us); a scheduler hiccup
-    # may force an extra read now and then.
-    assert 200 <= len(reads) < 300
+    # The end reading of one task is the start reading of the next (default 50 us); a scheduler hiccup on
+    # a loaded machine may force an extra read now and then (400 would be no reuse at all).
+    assert 200 <= len(reads) <= 320
     assert env.processor.stats.counts == {"t": 200}
 
 
