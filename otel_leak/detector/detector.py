@@ -307,8 +307,9 @@ class Detector:
         if not gc.isenabled():
             return
         t0 = time.perf_counter()
-        # The allocator's in-use bytes around it (two readings per suspicion, outside the walk budget):
-        # how much of the growth the collection handed back.
+        # The allocator's in-use bytes around it: how much of the growth the collection handed back. Two
+        # readings per suspicion, charged with the collection itself to the sampler's tick budget (not to
+        # the walk budget: a debt there would delay the next window's reading, which confirms or vetoes).
         before = None if self._mi_off else T2.malloc_info()
         gc.collect(1)
         after = None if before is None else T2.malloc_info()

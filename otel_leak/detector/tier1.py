@@ -20,7 +20,6 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
 * the growth is spread over the windows (no single increment holds most of it: rejects one-off steps,
   lazy imports, tables loaded once, allocator retention that jumps then plateaus),
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
-
 * for resident memory: the young collections the detector forces on suspicion did not free (in the
   allocator's in-use bytes) half of the growth or more (resident memory keeps the pages of freed garbage,
   so a long GC period looks like a steady climb there; only the allocator can tell),
