@@ -165,11 +165,6 @@ class TaskSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=self._after_fork)
 
     # ------------------------------------------------------------------ recognition and identity
-    def _task_type(self, span) -> _TaskType:
-        bounded = getattr(span, "_attributes", None)
-        store = bounded._dict if type(bounded) is BoundedAttributes else span.attributes
-        return self._identify(span, store)
-
     def _identify(self, span, attrs) -> _TaskType:
         """The span's task type from its attributes (a plain dict or mapping), else its name."""
         raw = None
@@ -244,9 +239,8 @@ class TaskSpanProcessor(SpanProcessor):
                 store = bounded._dict
             else:  # another SDK version: the public (slower) paths
                 bounded, store = None, span.attributes
-            tt = (store and self._identify(span, store)) or self._types.get(span.name)
-            if tt is None:
-                tt = self._identify(span, store)
+            # Without attributes the identity is the span name: a dict lookup once the type is known.
+            tt = self._identify(span, store) if store else self._types.get(span.name) or self._identify(span, store)
             name = tt.name
             attributes = {
                 _A_TASK: name,
@@ -298,12 +292,6 @@ class TaskSpanProcessor(SpanProcessor):
             return real_end(end_time)
         self._on_ending(span)
         return real_end(end_time)
-
-    def is_task_span(self, span) -> bool:
-        parent = span.parent
-        if (parent is None or parent.is_remote) and span.kind in self.kinds:
-            return True
-        return self._name_re is not None and self._name_re.search(span.name) is not None
 
     def flush_metrics(self, _sample=None) -> None:
         """Record the buffered task measurements (sampler thread, force_flush, exit).

@@ -35,7 +35,7 @@ class Sample:
 Listener = Callable[[Sample], None]
 
 # Sampling and detection may use at most this share of one core: whoever sets `interval` (the detector
-# samples faster for fast workers), the wait after a tick is at least tick_cost / TICK_BUDGET.
+# samples faster for fast workers), the wait after a tick is stretched to stay within it (next_wait).
 # Not counted: drains (add_listener(..., budgeted=False)), which run after the timed part because their
 # work is proportional to the tasks run, not to the ticks (the processor's queued histogram points: a
 # longer wait would not make it cheaper; the processor benchmark's throughput figures include it), and
@@ -63,7 +63,7 @@ class Sampler:
         self.interval = interval
         self.floor = FloorTracker(floor_window)
         self.last: Sample | None = None
-        self.tick_cost = 0.0  # smoothed CPU seconds per tick (for reports)
+        self.tick_cost = 0.0  # smoothed CPU seconds per budgeted tick (diagnostics; the budget is _credit)
         self._credit = TICK_ALLOWANCE  # CPU seconds the ticks may still spend beyond the budget's pace
         self._exempt = 0.0
         self._listeners: list[Listener] = []
