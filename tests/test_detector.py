@@ -547,7 +547,7 @@ def _collecting_run(freed_share: float, seconds: float = 15.0):
     reasons: set[str] = set()
     for s in stream(seconds=seconds, rate=300, dt=0.05, noise=50_000, shape=lambda t: 1.2 * MiB * t):
         if t1.add(s):
-            reasons.update(r for tr in t1.trends.values() for r in tr.reasons)
+            reasons.update(r for tr in list(t1.trends.values()) + list(t1.coarse.values()) for r in tr.reasons)
             if t1.trend.candidate and not t1.declared:
                 t1.note_collect(int(freed_share * 1.2 * MiB * (s.t - last_t)))
                 last_t = s.t

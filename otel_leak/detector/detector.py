@@ -25,6 +25,7 @@ from otel_leak.detector import suspects as SU
 from otel_leak.detector import tier2 as T2
 from otel_leak.detector.allocator import AllocatorReader
 from otel_leak.detector.cadence import Cadence
+from otel_leak.detector.fullgc import FullCollections
 from otel_leak.detector.outputs import Series
 from otel_leak.detector.tier1 import Tier1
 
@@ -62,6 +63,7 @@ class Detector:
             min_growth=int(config.get(S.MIN_GROWTH, env)),
         )
         self._lock = threading.RLock()
+        self._full_interval = config.get(S.FULL_GC_INTERVAL, env)
         self._celery_hooked = False
         base = getattr(sampler, "interval", None)
         self.base_interval: float | None = float(base) if isinstance(base, (int, float)) and base > 0 else None
@@ -130,6 +132,9 @@ class Detector:
         self.last_tier2_end = -1e18
         self._burst: threading.Event | None = None
         self._alloc = AllocatorReader()
+        if getattr(self, "_full", None) is None:  # kept across a fork: the child's callback is already in place
+            self._full = FullCollections(min_interval=self._full_interval)
+            self._full.install()
         self.last_write = -1e18
         self.write_error_logged = False
         self._t1_attr = []
@@ -233,18 +238,26 @@ class Detector:
         return self._alloc.read(now, getattr(self.sampler, "exempt", None))
 
     def _young_collect(self) -> None:
-        """On suspicion, collect the young generations once (bounded work: they hold at most a few
-        thousand objects), so cyclic garbage waiting for the collector is not mistaken for a leak. The next
-        window must show the growth survived. Skipped when the application disabled the collector."""
+        """On suspicion, make sure the growth has been through a full collection before it is confirmed.
+
+        When no full collection ran since the trend's first window (cyclic garbage that reached the oldest
+        generation waits for one), one is forced, within :mod:`~otel_leak.detector.fullgc`'s pause budget;
+        otherwise (or when the budget does not allow it) the young generations are collected, which is
+        always cheap. The next window must show the growth survived. Skipped when the application disabled
+        the collector (then cyclic garbage is never freed: it is a leak)."""
         if not gc.isenabled():
             return
         t0 = time.perf_counter()
+        ws = self.tier1.windows
+        since = ws[max(0, len(ws) - self.tier1.trend_len())].t0 if ws else None
+        full = since is not None and not self._full.since(since) and self._full.may_force()
         # How much of the growth the collection handed back to the allocator. Its two readings are charged
         # with the collection itself to the sampler's tick budget, not to the walk budget: a debt there would
         # delay the next window's reading, which confirms or vetoes.
-        freed = self._alloc.freed_by(lambda: gc.collect(1))
+        freed = self._alloc.freed_by(self._full.force if full else lambda: gc.collect(1))
         self.tier1.note_collect(freed)
-        self._event("young_gc", duration_s=round(time.perf_counter() - t0, 4), freed_bytes=freed)
+        self._event("full_gc" if full else "young_gc", duration_s=round(time.perf_counter() - t0, 4),
+                    freed_bytes=freed)
 
     def _start_burst(self) -> None:
         """On suspicion: a few seconds of cheap ~20 Hz rows for the attribution regression (see ``burst``)."""
@@ -403,6 +416,7 @@ class Detector:
                 self.sampler.remove_listener(self.on_sample)
             self._at_exit()
             self._stopped = True
+            self._full.uninstall()
             self._set_interval(self.base_interval)
         except Exception:
             pass

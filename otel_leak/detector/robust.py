@@ -207,3 +207,41 @@ def huber_nnls(
             if inv is not None and inv[i] > 0:
                 se[col] = math.sqrt(s2 * inv[i])
     return beta, se, sigma
+
+
+def saturation(ts: Sequence[float], ys: Sequence[float], grid: int = 16) -> tuple[float, float]:
+    """Does a bounded fill explain ``ys`` better than a straight line?
+
+    Fits ``y = a + b t`` and, for time constants ``tau`` from a sixteenth of the span to four spans,
+    ``y = a + c (1 - exp(-(t - t0) / tau))`` (both least squares, ``c >= 0``). Returns ``(ratio, tau)``: the
+    saturating fit's residual sum of squares over the line's, and its best ``tau``. A cache filling with
+    random keys grows ever slower as it fills (a ratio well below 1 with ``tau`` inside the span); a leak
+    grows steadily, and its best bounded curve is one with a ``tau`` beyond the span, close to the line.
+    """
+    n = len(ts)
+    if n < 5:
+        return 1.0, math.inf
+    t0 = ts[0]
+    span = ts[-1] - t0
+    if span <= 0:
+        return 1.0, math.inf
+
+    def fit(xs: Sequence[float]) -> float:
+        mx = sum(xs) / n
+        my = sum(ys) / n
+        sxx = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+        b = max(0.0, b)
+        a = my - b * mx
+        return sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+
+    sse_lin = fit([t - t0 for t in ts])
+    if sse_lin <= 0:
+        return 1.0, math.inf
+    best, best_tau = math.inf, math.inf
+    for k in range(grid):
+        tau = span / 16 * (64 ** (k / (grid - 1)))
+        sse = fit([1.0 - math.exp(-(t - t0) / tau) for t in ts])
+        if sse < best:
+            best, best_tau = sse, tau
+    return best / sse_lin, best_tau

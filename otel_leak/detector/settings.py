@@ -107,3 +107,12 @@ TIER3_BUDGET = setting(
     minimum=0.0,
     maximum=60,
 )
+FULL_GC_INTERVAL = setting(
+    "DETECTOR_FULL_GC_INTERVAL",
+    "float",
+    60.0,
+    "Least seconds between two full garbage collections the detector forces to confirm a suspected leak "
+    "(each also waits for 1000x its pause; one is forced only when none ran since the growth began).",
+    minimum=1.0,
+    maximum=86400,
+)

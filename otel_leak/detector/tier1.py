@@ -45,6 +45,7 @@ from otel_leak.detector import robust
 PAGE = 4096
 MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
 TREND_WINDOWS = 16  # windows a trend is evaluated on
+SATURATION_RATIO = 0.5  # a bounded fill's residuals below this share of a line's: the growth saturates
 LEVEL_OFF = 0.5  # recent half's slope below this share of the earlier slope: the growth is levelling off
 MAX_INCREMENTS = 400  # per-sample increments kept for the regression
 MAX_COLUMNS = 24  # task types in one regression (the rest are pooled)
@@ -84,6 +85,7 @@ class Trend:
     candidate: bool = False
     reasons: list[str] = field(default_factory=list)
     scale: int = 1  # windows merged per trend point (1: the fine scale)
+    saturation: float = 1.0  # residuals of the best bounded fill / those of a straight line
 
     def as_dict(self) -> dict:
         return {
@@ -100,6 +102,7 @@ class Trend:
             "candidate": self.candidate,
             "reasons": list(self.reasons),
             "scale": self.scale,
+            "saturation": round(self.saturation, 3),
         }
 
 
@@ -340,6 +343,10 @@ class Tier1:
         return out[-TREND_WINDOWS:]
 
     # ------------------------------------------------------------------ trend
+    def trend_len(self) -> int:
+        """Windows the current trend covers (the coarse scale merges ``scale`` windows to a point)."""
+        return TREND_WINDOWS * max(1, self.trend.scale)
+
     def evaluate(self, signal: str = "rss", ws: list[Window] | None = None) -> Trend:
         if ws is None:
             ws = list(self.windows)[-TREND_WINDOWS:]
@@ -395,6 +402,12 @@ class Tier1:
         tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
         if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
             reasons.append("growth is levelling off")
+        # A bounded fill (a cache taking random keys, a pool growing to its size) slows down as it fills:
+        # while a saturating curve explains the level clearly better than a steady climb, it is not a leak.
+        tr.saturation, tau = robust.saturation(ts, ys)
+        if tr.saturation < SATURATION_RATIO and tau < 3 * (ts[-1] - ts[0]):
+            reasons.append(f"growth is saturating (a bounded fill with a time constant of {tau:.1f} s fits "
+                           f"{1 / max(tr.saturation, 1e-6):.1f}x better than a steady climb)")
         if signal == "rss" and self.collections:
             garbage = sum(f for t, f in self.collections if t >= ws[0].t0)
             if garbage >= 0.5 * tr.growth:
