@@ -4,6 +4,28 @@
 ``OTEL_PYTHON_LEAK_DETECTOR`` is true. Tier 1 (trend on the memory floor, attribution by robust regression)
 runs on every sample; tier 2 (bounded tracemalloc window) and tier 3 (bounded retention path) only once a
 leak is suspected. See ``otel_leak.detector.detector`` for the outputs.
+
+What a leak is, for every part of the detector:
+
+1. **Memory that survives a full collection.** Cyclic garbage that reached the oldest generation stays until
+   the next full collection and looks exactly like a leak until then. On suspicion the detector makes
+   sure a full collection has run since the growth began: the worker's own (seen through ``gc.callbacks``)
+   or one it forces within an interval and a pause budget (``fullgc``; when the budget does not allow one,
+   the young generations only). The growth must still be there afterwards, in the allocator's in-use bytes
+   and on the floor of resident memory, for the trend to be confirmed.
+2. **That keeps growing with tasks or with time, at a steady rate.** The floor (the lowest reading of each
+   window, so a sawtooth does not count) must rise monotonically over a span of at least 500 tasks or 12 s,
+   spread over the windows (not one step: a lazy import, a table loaded once, allocator retention that
+   jumps then plateaus), above an absolute and a relative amount, and not level off. A bounded fill (a
+   cache taking random keys, a pool growing to its size) slows down as it fills: while a saturating curve
+   explains the level clearly better than a straight line, it is not declared.
+3. **Judged on the worker's own scale.** Windows close after a number of samples *and* of tasks, the
+   sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
+   defaults serve 5 and 1,000 tasks a second.
+4. **Charged to the task whose calls retain it.** Per-task retention is a robust nonnegative regression of
+   the growth on the task counts of short intervals (neighbours' transient allocations are noise, a GC drop
+   is an outlier), confirmed or vetoed by tier 2's traced Python bytes, which pages a neighbour touched
+   do not move.
 """
 
 from __future__ import annotations

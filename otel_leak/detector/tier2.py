@@ -18,12 +18,14 @@ import collections
 import ctypes
 import itertools
 import ctypes.util
+import functools
 import gc
 import os
 import sys
 import sysconfig
 import threading
 import time
+import types
 import tracemalloc
 
 from otel_leak.detector import robust
@@ -377,7 +379,7 @@ def _describe(obj, child) -> dict:
                 if v is child:
                     d["key"] = k
                     break
-        elif hasattr(obj, "__dict__") or hasattr(type(obj), "__qualname__"):
+        elif _own_dict(obj) is not None or hasattr(type(obj), "__qualname__"):
             d["type"] = getattr(type(obj), "__qualname__", d["type"])
     except Exception:
         pass
@@ -405,7 +407,22 @@ def _tail_referents(o):
         return o[-8:] if t is list else list(itertools.islice(reversed(o), 8))
     if t is dict:
         return list(itertools.islice(reversed(o.values()), 8))
+    if t is set:
+        return list(itertools.islice(o, 64))  # no order: a bounded look at some members
     return gc.get_referents(o)
+
+
+_LRU = type(functools.lru_cache(maxsize=None)(len))
+
+
+def _own_dict(v):
+    """``v``'s attribute dict, read without running any of its code (no ``__getattr__``, no property)."""
+    try:
+        if isinstance(v, type):
+            return type.__getattribute__(v, "__dict__")
+        return object.__getattribute__(v, "__dict__")
+    except Exception:
+        return None
 
 
 def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: int = 1) -> list[dict]:
@@ -415,6 +432,79 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
     get_tb = tracemalloc.get_object_traceback
     target = None
     holder = None
+    # First the large containers, wherever they are: what leaks usually piles up in one container that
+    # keeps growing (a module dict or list, a deque, a cache's dict, a registry), and checking the newest
+    # entries of the large ones costs a type test per object. Then every object, newest generation first.
+    big = (dict, list, set, collections.deque)
+    # Module globals and their attributes first: a dict that holds only atomic values (bytes keyed by
+    # strings or ints, the commonest cache) is not tracked by the collector, so only its holder can lead
+    # to it. ``roots`` maps each global's id to (module, name) to end the referrer walk there.
+    # ``root``: the module global (module, name[, attribute]) the holder was found under.
+    root: tuple | None = None
+    mods = list(sys.modules.items())
+    # The application's modules are imported last (and __main__ is the script): newest first.
+    mods = [kv for kv in mods if kv[0] == "__main__"] + [kv for kv in reversed(mods) if kv[0] != "__main__"]
+    dicts = [(name, d) for name, d in ((n, _own_dict(m)) for n, m in mods) if type(d) is dict]
+
+    def holds(c) -> bool:
+        nonlocal target, holder
+        if type(c) in big and len(c) >= 64:
+            for r in _tail_referents(c):
+                tb = get_tb(r)
+                if tb is not None and site_frame(tb) == want:
+                    target, holder = r, c
+                    return True
+        return False
+
+    # the globals themselves, then the containers among their attributes (a class's cache, a manager's
+    # registry, a functools cache's dict)
+    for modname, md in dicts:
+        if time.monotonic() > deadline:
+            break
+        for name, v in list(md.items()):
+            if holds(v):
+                root = (modname, name)
+                break
+        if root:
+            break
+    for modname, md in dicts if target is None else ():
+        if time.monotonic() > deadline:
+            break
+        for name, v in list(md.items()):
+            if type(v) in big or isinstance(v, types.ModuleType):
+                continue
+            if type(v) is _LRU and any(holds(x) for x in gc.get_referents(v)):
+                break  # a module-level functools cache: its dict is a referent of the wrapper
+            vd = _own_dict(v)
+            if isinstance(vd, (dict, types.MappingProxyType)):
+                for attr, x in list(vd.items()):
+                    if holds(x):
+                        root = (modname, name, attr)
+                        break
+                    if type(x) is _LRU and any(holds(y) for y in gc.get_referents(x)):
+                        break
+            if target is not None:
+                break
+        if target is not None:
+            break
+    objs = gc.get_objects() if target is None else []
+    for i, o in enumerate(objs):
+        if i % 4096 == 0 and time.monotonic() > deadline:
+            break
+        t = type(o)
+        if t not in big or len(o) < 64:
+            continue
+        try:
+            refs = _tail_referents(o)
+        except Exception:
+            continue
+        for r in refs:
+            tb = get_tb(r)
+            if tb is not None and site_frame(tb) == want:
+                target, holder = r, o
+                break
+        if target is not None:
+            break
     objs = []
     for gen in (0, 1, 2):
         if target is not None or time.monotonic() > deadline:
@@ -450,7 +540,14 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
         chain.append(_describe(holder, cur))
         cur = holder
     complete = False
-    for _ in range(max_depth):
+    if root is not None:
+        if len(root) == 3:
+            owner = dict(dicts).get(root[0], {}).get(root[1])
+            owner_name = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+            chain.append({"type": f"{owner_name}.{root[2]}"})
+        chain.append({"type": "module", "module": root[0], "key": repr(root[1])})
+        complete = True
+    for _ in range(0 if complete else max_depth):
         if time.monotonic() > deadline:
             break
         refs = [
@@ -463,7 +560,7 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
         # Prefer module globals and long-lived containers over transient ones.
         refs = refs[:64]
         mods = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
-        refs.sort(key=lambda r: 0 if id(r) in mods else 1)
+        refs.sort(key=lambda r: 0 if id(r) in mods else 1 if type(r) is _LRU else 2)
         parent = refs[0]
         step = _describe(parent, cur)
         chain.append(step)
@@ -472,7 +569,7 @@ def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: 
             complete = True
             break
         cur = parent
-    del refs
+    refs = None
     text = " <- ".join(
         s.get("module", s["type"]) + (f"[{s['key']}]" if "key" in s else f"[{s['index']}]" if "index" in s else "")
         for s in chain
