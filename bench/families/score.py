@@ -179,10 +179,17 @@ def summarize(rows: list[dict]) -> dict:
     benign = [r for r in rows if r["expected"] != "leak"]
     tp = sum(1 for r in leaks if r["verdict"] == "leak")
     fp = sum(1 for r in benign if r["verdict"] == "leak")
+    # The time targets: leaks of >= 4 KiB per call at >= 50 tasks/s ("fast") by their median tasks and
+    # seconds to declaration; every other leak ("slower") before it has retained 64 MiB, judged on the
+    # slower leaks that did retain 64 MiB by the end of their run.
+    def is_fast(r):
+        return (r["per_call"] or 0) >= 4096 and (r.get("measured_rate") or r["rate"]) >= 50
+
     big = [r for r in leaks if r["retained_end"] >= 64 * MiB]
     big_tp = [r for r in big if r["verdict"] == "leak"]
-    in_time = [r for r in big_tp if (r.get("retained_at_detection") or 0) < 64 * MiB]
-    fast = [r for r in leaks if r["verdict"] == "leak" and (r["per_call"] or 0) >= 4096 and r["rate"] >= 50]
+    slow_big = [r for r in big if not is_fast(r)]
+    in_time = [r for r in slow_big if r["verdict"] == "leak" and (r.get("retained_at_detection") or 0) < 64 * MiB]
+    fast = [r for r in leaks if r["verdict"] == "leak" and is_fast(r)]
     det = [r for r in leaks if r["verdict"] == "leak"]
     site = [r for r in det if "site_ok" in r]
     hold = [r for r in det if "holder_ok" in r]
@@ -196,7 +203,7 @@ def summarize(rows: list[dict]) -> dict:
         "precision": ci(tp, tp + fp),
         "recall": ci(tp, len(leaks)),
         "recall_64mib": ci(len(big_tp), len(big)),
-        "declared_before_64mib": ci(len(in_time), len(big)),
+        "slower_declared_before_64mib": ci(len(in_time), len(slow_big)),
         "benign_ever_declared": ci(sum(1 for r in benign if r["ever_leak"]), len(benign)),
         "task_top1": ci(sum(1 for r in det if r.get("task_ok")), len(det)),
         "site_top3": ci(sum(1 for r in site if r["site_ok"]), len(site)),
@@ -205,6 +212,8 @@ def summarize(rows: list[dict]) -> dict:
         "fast_median_s": _med([r["detected_at_s"] for r in fast]),
         "fast_n": len(fast),
         "tier2_share_mean": statistics.mean([r.get("tier2_share") or 0 for r in rows]) if rows else 0,
+        # runs stopped early end just after tier 2 looked: the share of a whole run is the one a worker pays
+        "tier2_share_mean_full_runs": statistics.mean(full) if (full := [r.get("tier2_share") or 0 for r in rows if not r.get("stopped_early")]) else 0,
         "missing_reports": sum(1 for r in rows if r["verdict"] == "missing"),
     }
 
@@ -229,11 +238,12 @@ def print_markdown(rows: list[dict], summ: dict, command: str) -> None:
         print(f"| {fam} | {len(rs)} | {ok}/{len(rs)} | {ever} | {_rate(det, 'task_ok')} | {_rate(det, 'site_ok')} | "
               f"{_rate(det, 'holder_ok')} | {_med([r['detected_at_s'] for r in det])} / {_med([r['detected_at_tasks'] for r in det])} |")
     print()
-    for k in ("precision", "recall", "recall_64mib", "declared_before_64mib", "benign_ever_declared", "task_top1",
+    for k in ("precision", "recall", "recall_64mib", "slower_declared_before_64mib", "benign_ever_declared", "task_top1",
               "site_top3", "holder_named"):
         print(f"- {k}: {_fmt_ci(summ[k])}")
     print(f"- leaks >= 4 KiB/call at >= 50 tasks/s: median {summ['fast_median_tasks']} tasks, {summ['fast_median_s']} s (n={summ['fast_n']})")
-    print(f"- tier 2 share of run time, mean: {100 * summ['tier2_share_mean']:.2f} %")
+    print(f"- tier 2 share of run time, mean: {100 * summ['tier2_share_mean_full_runs']:.2f} % over the runs that ran their whole length, "
+          f"{100 * summ['tier2_share_mean']:.2f} % over all (stopped runs end just after tier 2)")
     print(f"- draws without a report: {summ['missing_reports']}")
     wrong = [r for r in rows if (r["verdict"] == "leak") != (r["expected"] == "leak") or (r["expected"] != "leak" and r["ever_leak"])]
     if wrong:

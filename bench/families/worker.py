@@ -182,11 +182,9 @@ def benign_once(fam: str, i: int, rnd: random.Random, task: str) -> None:
         a = {"payload": b"g" * P["cycle_bytes"]}
         a["self"] = a
     elif fam == "fragmentation":
-        j = rnd.randrange(P["slots"])
-        if len(_SLOTS) < P["slots"]:
-            _SLOTS.append(None)
-            j = len(_SLOTS) - 1
-        _SLOTS[j] = b"f" * rnd.randint(16, P["max_size"])
+        # a fixed set of slots (filled before the first task) whose objects are replaced by others of
+        # random sizes: the allocator's pools fragment, then plateau
+        _SLOTS[rnd.randrange(P["slots"])] = b"f" * rnd.randint(16, P["max_size"])
     elif fam == "periodic_flush":
         _HISTORY.append(b"p" * P["per_call"])
         if now - _flush_at[0] >= P["every_s"]:
@@ -281,6 +279,9 @@ def main() -> None:
         gc.disable()
     if FAM == "gc_sawtooth":
         gc.set_threshold(*P["thresholds"])
+    if FAM == "fragmentation":
+        rnd = random.Random(SPEC["seed"])
+        _SLOTS.extend(b"f" * rnd.randint(16, P["max_size"]) for _ in range(P["slots"]))
     tracer = trace.get_tracer("bench.families.worker")
     stop_at = START + SPEC["duration_s"]
     n = SPEC["workers"]

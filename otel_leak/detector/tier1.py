@@ -17,10 +17,14 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
   cycle or a filling cache shows itself within a few hundred tasks, a time-driven one within seconds),
 * the level has a monotone trend (Mann–Kendall tau and z),
 * its robust (Theil–Sen) slope times the span is above an absolute and relative growth threshold,
-* the growth is spread over the windows (no single increment holds most of it: rejects one-off steps,
+* the growth is spread over the windows (no single increment holds most of it, and at least four windows
+  each carry a sizeable step of it: rejects one-off steps, staircases of a few bursts,
   lazy imports, tables loaded once, allocator retention that jumps then plateaus),
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
-* for resident memory: the young collections the detector forces on suspicion did not free (in the
+* it is not saturating (no bounded fill explains the level clearly better than a straight line: rejects
+  caches still filling with random keys, whose growth slows as they fill),
+* for resident memory: the collections the detector forces on suspicion (a full one when none ran since
+  the growth began, see ``fullgc``) did not free (in the
   allocator's in-use bytes) half of the growth or more (resident memory keeps the pages of freed garbage,
   so a long GC period looks like a steady climb there; only the allocator can tell),
 
@@ -45,6 +49,7 @@ from otel_leak.detector import robust
 PAGE = 4096
 MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
 TREND_WINDOWS = 16  # windows a trend is evaluated on
+MIN_STEPS = 4  # windows that must each carry a sizeable part of the growth
 SATURATION_RATIO = 0.5  # a bounded fill's residuals below this share of a line's: the growth saturates
 LEVEL_OFF = 0.5  # recent half's slope below this share of the earlier slope: the growth is levelling off
 MAX_INCREMENTS = 400  # per-sample increments kept for the regression
@@ -86,6 +91,7 @@ class Trend:
     reasons: list[str] = field(default_factory=list)
     scale: int = 1  # windows merged per trend point (1: the fine scale)
     saturation: float = 1.0  # residuals of the best bounded fill / those of a straight line
+    steps: int = 0  # increments of at least a quarter of the largest one
 
     def as_dict(self) -> dict:
         return {
@@ -103,6 +109,7 @@ class Trend:
             "reasons": list(self.reasons),
             "scale": self.scale,
             "saturation": round(self.saturation, 3),
+            "steps": self.steps,
         }
 
 
@@ -387,6 +394,13 @@ class Tier1:
         tr.spread = max(incs) / pos if pos > 0 else 1.0
         if tr.spread > 0.5:
             reasons.append("growth concentrated in one step")
+        # A steady climb rises in many windows; a staircase of a few big steps (bursts whose freed memory
+        # the allocator keeps, tables loaded now and then) in a few. Steps below a quarter of the largest
+        # do not count (page- and arena-sized steps of a slow leak are all about the same size).
+        big_max = max(incs)
+        tr.steps = sum(1 for i in incs if i > 0 and i >= 0.25 * big_max)
+        if tr.steps < MIN_STEPS:
+            reasons.append(f"growth in {tr.steps} steps (a staircase, not a steady climb)")
         tr.slope = robust.theil_sen(ts, ys)
         tr.growth = tr.slope * (ts[-1] - ts[0])
         if tr.growth < max(self.min_growth, self.rel_growth * ws[0].rss_min):
