@@ -6,7 +6,8 @@ import sys
 import tracemalloc
 import types
 
-from otel_leak.detector.tier2 import retention_paths, site_frame
+from otel_leak.detector.tier2 import site_frame
+from otel_leak.detector.tier3 import retention_paths
 
 
 def _module(name: str) -> types.ModuleType:
