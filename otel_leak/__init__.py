@@ -23,7 +23,12 @@ __all__ = ["instrument", "uninstrument", "task", "task_span", "__version__"]
 
 
 def instrument(tracer_provider=None, meter_provider=None, logger_provider=None) -> None:
-    """Attach otel-leak to the given (or global) SDK providers. Never raises."""
+    """Attach otel-leak to the given (or global) SDK providers. Never raises.
+
+    Without a ``tracer_provider`` and with no global one set yet (no opentelemetry-distro, no SDK set-up of
+    the application's own), it first sets up the SDK's providers from the ``OTEL_*`` variables, exporting
+    only where ``OTEL_<SIGNAL>_EXPORTER`` says so. Call it after the application's own set-up, if any.
+    """
     from otel_leak.instrumentor import LeakInstrumentor
 
     kwargs = {
@@ -35,7 +40,7 @@ def instrument(tracer_provider=None, meter_provider=None, logger_provider=None) 
         )
         if v is not None
     }
-    LeakInstrumentor().instrument(**kwargs)
+    LeakInstrumentor().instrument(set_up_sdk=True, **kwargs)
 
 
 def uninstrument() -> None:

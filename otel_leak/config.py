@@ -172,6 +172,15 @@ START_READING_MAX_AGE_US = setting(
     maximum=1_000_000,
 )
 GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")
+SETUP_SDK = setting(
+    "SETUP_SDK",
+    "bool",
+    False,
+    "Under opentelemetry-instrument, when no OpenTelemetry SDK configurator (such as opentelemetry-distro's) "
+    "is installed and nothing set a tracer provider, set up the SDK's providers from the OTEL_* variables "
+    "(exporters only where OTEL_<SIGNAL>_EXPORTER names them). otel-leak run sets it for its command; "
+    "otel_leak.instrument() does this whatever its value.",
+)
 
 
 def markdown_table() -> str:

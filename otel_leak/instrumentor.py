@@ -3,12 +3,16 @@ entry point (disable it with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_leak``
 ``otel_leak.instrument(...)`` calls by hand.
 
 Nothing escapes ``_instrument``: an exception here would abort the rest of auto-instrumentation. Without
-an SDK tracer provider (no SDK, or the API's proxy/no-op provider) it does nothing, quietly.
+an SDK tracer provider (no SDK, or the API's proxy/no-op provider) it does nothing, quietly, except where it
+is asked to set the SDK up itself (:func:`set_up_sdk`): by ``otel_leak.instrument()``, and under
+``opentelemetry-instrument`` with ``OTEL_PYTHON_LEAK_SETUP_SDK=true`` (what ``otel-leak run`` sets) when no
+SDK configurator is installed.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
 import logging
 import os
 from typing import Collection
@@ -110,6 +114,63 @@ class Runtime:
                 pass
 
 
+def _meter_provider_unset() -> bool:
+    try:
+        from opentelemetry.metrics import _internal
+    except ImportError:  # pragma: no cover - an API without the proxy: treat it as set
+        return False
+    return metrics.get_meter_provider() is getattr(_internal, "_PROXY_METER_PROVIDER", None)
+
+
+def configurator_installed() -> bool:
+    """Whether an ``opentelemetry_configurator`` entry point (opentelemetry-distro's, a vendor's) exists:
+    under ``opentelemetry-instrument`` it has run before any instrumentor and owns the providers."""
+    try:
+        return bool(importlib.metadata.entry_points(group="opentelemetry_configurator"))
+    except Exception:
+        return True  # unknown: assume it did its job and change nothing
+
+
+def set_up_sdk() -> None:
+    """Give the process the SDK's tracer, meter and logger providers when nothing set a tracer provider.
+
+    They are configured from the ``OTEL_*`` variables exactly as a distro's configurator does (resource,
+    sampler, exporters named by ``OTEL_<SIGNAL>_EXPORTER``, none otherwise), without the defaults a distro
+    adds. When that fails (an exporter named but not installed, say) the providers come without exporters,
+    with one warning. Never raises.
+    """
+    try:
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            return
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+        except ImportError:
+            return  # no SDK: nothing to set up (and nothing to attach to)
+        if _meter_provider_unset():
+            try:
+                from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+                _OTelSDKConfigurator().configure()
+                return
+            except Exception as exc:
+                _log.warning(
+                    "otel-leak: the OpenTelemetry SDK could not be configured from OTEL_* (%s: %s); "
+                    "its providers are set up without exporters",
+                    type(exc).__name__,
+                    exc,
+                )
+        # Only what is still unset (the configurator may have stopped half-way).
+        resource = Resource.create()
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(TracerProvider(resource=resource))
+        if _meter_provider_unset():
+            metrics.set_meter_provider(MeterProvider(resource=resource))
+    except Exception as exc:
+        _log.warning("otel-leak: could not set up the OpenTelemetry SDK (%s: %s)", type(exc).__name__, exc)
+
+
 class LeakInstrumentor(BaseInstrumentor):
     """Attach otel-leak's probes, task span processor, process metrics and detector."""
 
@@ -118,11 +179,23 @@ class LeakInstrumentor(BaseInstrumentor):
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
 
+    def instrument(self, **kwargs):
+        result = super().instrument(**kwargs)
+        if LeakInstrumentor.runtime is None:
+            # Nothing attached (turned off, or no SDK provider yet): a later call, by hand with providers
+            # or after the application set them up, may still attach.
+            self._is_instrumented_by_opentelemetry = False
+        return result
+
     def _instrument(self, **kwargs) -> None:
         try:
             if not config.get(config.ENABLED):
                 return
-            tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
+            tracer_provider = kwargs.get("tracer_provider")
+            if tracer_provider is None:
+                if kwargs.get("set_up_sdk") or (config.get(config.SETUP_SDK) and not configurator_installed()):
+                    set_up_sdk()
+                tracer_provider = trace.get_tracer_provider()
             if not hasattr(tracer_provider, "add_span_processor"):
                 _log.debug("otel-leak: no SDK tracer provider; nothing to attach to")
                 return

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import textwrap
 
 from otel_leak import names
+from otel_leak.instrumentor import configurator_installed
 from tests.conftest import ROOT, VENV_BIN, instrumented_env, parse_console_exports
 
 WORKER = ROOT / "tests" / "workers" / "plain_worker.py"
@@ -167,3 +170,91 @@ print('OK')
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "OK"
     assert r.stderr == ""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Setting up the SDK where nothing else does (no opentelemetry-distro)
+
+PROVIDERS = """
+import json, os
+from opentelemetry import metrics, trace
+import otel_leak
+from otel_leak import instrumentor
+from otel_leak.instrumentor import LeakInstrumentor
+
+def state():
+    tp = trace.get_tracer_provider()
+    procs = getattr(getattr(tp, "_active_span_processor", None), "_span_processors", ())
+    return {"tracer": type(tp).__name__, "meter": type(metrics.get_meter_provider()).__name__,
+            "attached": LeakInstrumentor.runtime is not None, "processors": [type(p).__name__ for p in procs]}
+"""
+
+
+def _providers(body: str, first: str = "", **env: str) -> tuple[list[dict], str]:
+    """Run PROVIDERS, ``first`` and ``body`` in a fresh interpreter (no auto-instrumentation); the JSON
+    lines it prints, and its stderr."""
+    clean = {k: v for k, v in instrumented_env().items() if not k.startswith("OTEL_")}
+    clean.update(env)
+    r = subprocess.run([sys.executable, "-c", PROVIDERS + first + textwrap.dedent(body)], env=clean, capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")], r.stderr
+
+
+def test_instrument_by_hand_sets_up_the_sdk_without_exporters_when_nothing_did():
+    (s,), err = _providers("""
+        otel_leak.instrument()
+        with otel_leak.task_span("job"):
+            pass
+        print(json.dumps(dict(state(), tasks=LeakInstrumentor.runtime.processor.stats.total)))
+    """)
+    assert s == {"tracer": "TracerProvider", "meter": "MeterProvider", "attached": True,
+                 "processors": ["TaskSpanProcessor"], "tasks": 1}, err
+    assert err == ""
+
+
+def test_instrument_by_hand_exports_what_otel_exporter_variables_name():
+    (s,), err = _providers("""
+        otel_leak.instrument()
+        print(json.dumps(state()))
+    """, OTEL_TRACES_EXPORTER="console")
+    assert s["processors"] == ["BatchSpanProcessor", "TaskSpanProcessor"] and s["attached"], err
+    # an exporter that is not installed: one warning, the providers without exporters, otel-leak attached
+    (s,), err = _providers("""
+        otel_leak.instrument()
+        print(json.dumps(state()))
+    """, OTEL_TRACES_EXPORTER="no_such_exporter")
+    assert s["processors"] == ["TaskSpanProcessor"] and s["attached"]
+    assert err.count("otel-leak:") == 1 and "no_such_exporter" in err and "without exporters" in err
+
+
+def test_providers_the_application_set_are_used_unchanged():
+    (s,), err = _providers("""
+        from opentelemetry.sdk.trace import TracerProvider
+        mine = TracerProvider()
+        trace.set_tracer_provider(mine)
+        otel_leak.instrument()
+        print(json.dumps(dict(state(), same=trace.get_tracer_provider() is mine)))
+    """)
+    assert s["same"] and s["attached"] and s["meter"] == "_ProxyMeterProvider", (s, err)
+
+
+def test_the_entry_point_sets_up_the_sdk_only_when_asked_and_no_configurator_is_installed():
+    body = """
+        LeakInstrumentor().instrument(skip_dep_check=True)   # what opentelemetry-instrument calls
+        print(json.dumps(state()))
+        otel_leak.instrument()                                # a later call by hand still attaches
+        print(json.dumps(state()))
+    """
+    # plain opentelemetry-instrument without a distro: standard behaviour, no SDK behind the user's back
+    no_distro = "instrumentor.configurator_installed = lambda: False\n"
+    (first, by_hand), _ = _providers(body, no_distro)
+    assert first["tracer"] == "ProxyTracerProvider" and not first["attached"]
+    assert by_hand["tracer"] == "TracerProvider" and by_hand["attached"]
+    # what otel-leak run asks for
+    (first, _), _ = _providers(body, no_distro, OTEL_PYTHON_LEAK_SETUP_SDK="true")
+    assert first["tracer"] == "TracerProvider" and first["attached"]
+    # a configurator is installed (this environment has opentelemetry-distro's): it owns the providers
+    assert configurator_installed()
+    (first, _), _ = _providers(body, OTEL_PYTHON_LEAK_SETUP_SDK="true")
+    assert first["tracer"] == "ProxyTracerProvider" and not first["attached"]
