@@ -27,7 +27,10 @@ exit status:
 
 environment:
   With no OTEL_EXPORTER_OTLP_*ENDPOINT and no OTEL_<SIGNAL>_EXPORTER set, the signals are not
-  exported (OTEL_*_EXPORTER=none): no collector needed. Set an endpoint to export them as well.
+  exported (OTEL_*_EXPORTER=none): no collector needed. Set an endpoint to export them as well
+  (without opentelemetry-distro, also OTEL_<SIGNAL>_EXPORTER=otlp and opentelemetry-exporter-otlp).
+  Without opentelemetry-distro, otel-leak sets up the OpenTelemetry SDK in COMMAND itself
+  (OTEL_PYTHON_LEAK_SETUP_SDK=true); with it, the distro does, as under opentelemetry-instrument.
   OTEL_PYTHON_LEAK_REPORT_DIR=DIR keeps the per-process reports in DIR (default: a temporary
   directory, removed). Other OTEL_PYTHON_LEAK_* settings reach the detector unchanged.
 
@@ -165,6 +168,11 @@ def _report(args) -> int:
             error(console, f"cannot write {args.json}: {exc.strerror or exc}")
             code = 1
     if args.html:
+        from otel_leak.report.runner import charts_note
+
+        note = charts_note()
+        if note:
+            error(console, note)
         try:
             from otel_leak.report.html import write_html
 

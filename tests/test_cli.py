@@ -23,6 +23,7 @@ import pytest
 from otel_leak import cli
 from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
 from otel_leak.report.merging import Loaded, RunInfo, write_json
+from otel_leak.report.diagnosis import HEAD, _flags, looks_like_python, shebang
 from otel_leak.report.runner import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +235,8 @@ def test_env_carries_detector_and_sitecustomize(tmp_path):
     assert parts[0].endswith(os.path.join("opentelemetry", "instrumentation", "auto_instrumentation"))
     assert parts[1:] == ["/work", "/mine"]
     assert env["PATH"].split(os.pathsep)[0] == str(BIN)
+    assert env["OTEL_PYTHON_LEAK_SETUP_SDK"] == "true"  # without a distro, the command sets the SDK up
+    assert build_env({"OTEL_PYTHON_LEAK_SETUP_SDK": "false"}, str(tmp_path))["OTEL_PYTHON_LEAK_SETUP_SDK"] == "false"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -545,3 +548,67 @@ def test_live_status_is_pinned_to_the_last_row_and_released(worker):
     assert "\x1b[24;1f" in tty and "tasks" in tty  # the status drawn in row 24
     assert tty.rfind("\x1b[r") > tty.rfind("\x1b[1;23r")  # full region restored before the summary
     assert "worker done" in tty and "report" in tty
+
+
+# ------------------------------------------------------------------------------------------------------
+# No process wrote a report: the summary names the cause and the fix
+
+
+def _no_report(args, cwd, **env):
+    p = _run(["--report", "r.json", "--", *args], cwd=cwd, env=_clean_env(**env), timeout=60)
+    r = json.loads((cwd / "r.json").read_text())
+    assert r["verdict"] == "inconclusive" and r["processes"] == [] or not any(
+        x.get("reported", True) for x in r["processes"]), r
+    assert len([e for e in r["errors"] if e.startswith(HEAD)]) == 1, r["errors"]  # not also the generic one
+    cause = next(e for e in r["errors"] if e.startswith(HEAD))
+    assert " ".join(cause.split()) in " ".join(p.stderr.split()) and "Traceback" not in p.stderr
+    return cause
+
+
+def test_a_command_that_is_not_python_is_named_as_such(tmp_path):
+    cause = _no_report(["sleep", "0.2"], tmp_path)
+    assert "sleep (" in cause and "is not a Python program" in cause and "otel-leak run -- python worker.py" in cause
+    (tmp_path / "job.sh").write_text("#!/bin/sh\nsleep 0.2\n")
+    (tmp_path / "job.sh").chmod(0o755)
+    assert "is a sh script and no Python process was seen" in _no_report(["./job.sh"], tmp_path)
+
+
+def test_a_virtualenv_without_otel_leak_is_named_with_the_fix(tmp_path):
+    venv = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    cause = _no_report([str(python), "-c", "pass"], tmp_path)
+    assert f"runs {python} (Python " in cause and f"virtual environment {venv})" in cause, cause
+    assert "where otel-leak is not installed" in cause and f"{python} -m pip install otel-leak" in cause
+    assert f"this otel-leak is in {sys.prefix} (Python " in cause
+    assert f"run the worker with {BIN / 'python'}" in cause
+    # a console script of that environment (how `celery -A app worker` from another virtualenv looks)
+    tool = venv / "bin" / "tool"
+    tool.write_text(f"#!{python}\nimport time\ntime.sleep(0.2)\n")
+    tool.chmod(0o755)
+    assert f"runs {python} (" in _no_report([str(tool)], tmp_path)
+
+
+@needs_detector
+def test_otel_leak_installed_but_kept_out_names_the_setting_or_the_flag(worker):
+    cause = _no_report(["python", "-I", "worker.py", "5"], worker)
+    assert "-I ignores PYTHONPATH, so auto-instrumentation cannot load" in cause, cause
+    cause = _no_report(["python", "worker.py", "5"], worker, OTEL_PYTHON_LEAK_ENABLED="false")
+    assert "OTEL_PYTHON_LEAK_ENABLED=false turns otel-leak off" in cause, cause
+    cause = _no_report(["python", "worker.py", "5"], worker, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="celery,otel_leak")
+    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS excludes otel_leak" in cause, cause
+
+
+def test_interpreter_detection_parts(tmp_path):
+    env = {"PATH": str(BIN)}
+    script = tmp_path / "s"
+    script.write_text("#!/usr/bin/env -S python -u\n")
+    assert shebang(str(script), env) == str(BIN / "python")
+    script.write_text("#!/opt/v/bin/python3.12\n")
+    assert shebang(str(script), env) == "/opt/v/bin/python3.12"
+    script.write_text("print('no #! line')\n")
+    assert shebang(str(script), env) is None
+    assert [looks_like_python(p) for p in ("/x/python3.11", "pypy3", "/x/python3-config", "/bin/sh", None)] == [
+        True, True, False, False, False]
+    assert _flags(["python", "-uI", "-X", "dev", "w.py", "-E"]) == ["-u", "-I", "-X"]
+    assert _flags(["python", "-m", "celery", "-I"]) == []

@@ -6,6 +6,8 @@ and the working directory first on ``PYTHONPATH``), plus:
 * ``OTEL_PYTHON_LEAK_DETECTOR=true`` and ``OTEL_PYTHON_LEAK_REPORT_DIR=<temp dir>``: every instrumented process,
   including the ones it forks (prefork pools), writes ``<pid>.json`` there (a REPORT_DIR set by the user is
   used instead and kept; only files of processes started by this run are merged);
+* ``OTEL_PYTHON_LEAK_SETUP_SDK=true`` unless the user set it: without an SDK configurator (no
+  opentelemetry-distro) otel-leak sets up the SDK's providers in the command itself;
 * the interpreter's ``bin`` directory first on ``PATH`` when missing, so ``python``/``celery`` name the
   environment otel-leak is installed in (the only one where auto-instrumentation can load);
 * ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none`` for each signal with neither an exporter nor an OTLP endpoint
@@ -13,7 +15,8 @@ and the working directory first on ``PYTHONPATH``), plus:
 
 While it runs, a one-line status (RSS of the whole process tree, tasks, current verdict) is pinned to the
 terminal's last row (:class:`~otel_leak.report.console.BottomStatus`). Termination signals sent to
-``otel-leak run`` are forwarded to the command. At exit the per-process files are merged (:mod:`otel_leak.report.merging`) and written.
+``otel-leak run`` are forwarded to the command. At exit the per-process files are merged (:mod:`otel_leak.report.merging`) and written;
+when there are none, :mod:`otel_leak.report.diagnosis` says why.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from otel_leak import config
 from otel_leak.report.console import BottomStatus, error, print_summary, status_line, stderr_console
+from otel_leak.report.diagnosis import Process, diagnose
 from otel_leak.report.merging import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
 
 POLL_S = 0.25
@@ -69,6 +74,8 @@ def build_env(environ: dict[str, str], report_dir: str, cwd: str | None = None) 
     env = dict(environ)
     env["OTEL_PYTHON_LEAK_DETECTOR"] = "true"
     env["OTEL_PYTHON_LEAK_REPORT_DIR"] = report_dir
+    if not env.get(config.SETUP_SDK.env, "").strip():
+        env[config.SETUP_SDK.env] = "true"
     env.update(exporter_env(environ))
     # Same PYTHONPATH manipulation as opentelemetry-instrument's run().
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -112,6 +119,7 @@ class Seen:
     rss_max_bytes: int = 0
     python: bool = False
     cmdline: list[str] = field(default_factory=list)
+    exe: str | None = None
     ppid: int | None = None
     alive: bool = True
     t: list[float] = field(default_factory=list)
@@ -172,7 +180,8 @@ class Tree:
                 try:
                     s.cmdline = proc.cmdline()[:20]
                     s.ppid = proc.ppid()
-                    s.python = _real(proc.exe()) == self._py
+                    s.exe = _real(proc.exe())
+                    s.python = s.exe == self._py
                 except Exception:
                     pass
                 self.seen[pid] = s
@@ -350,6 +359,9 @@ def run(opts: Options) -> int:
         try:
             info.observed = tree.observed()
             loaded = fresh(read_process_dir(report_dir), start)
+            if not any(item.doc for item in loaded):
+                seen = [Process(list(opts.command), exe)] + [Process(s.cmdline, s.exe) for s in tree.seen.values()]
+                info.errors.append(diagnose(opts.command, exe, env, seen))
             report = merge(loaded, info)
             _add_unreported(report, tree, start)
         except Exception as exc:  # noqa: BLE001 - never a traceback
@@ -369,6 +381,9 @@ def run(opts: Options) -> int:
             show_dir = report_dir
         shown_html = None
         if opts.html:
+            note = charts_note()
+            if note:
+                error(console, note)
             try:
                 from otel_leak.report.html import write_html
 
@@ -392,6 +407,16 @@ def run(opts: Options) -> int:
     finally:
         if not keep_dir:
             shutil.rmtree(report_dir, ignore_errors=True)
+
+
+def charts_note() -> str | None:
+    """What to install when the HTML page cannot have charts (None when it can)."""
+    try:
+        if importlib.util.find_spec("matplotlib") is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return 'the HTML page has no charts: they need matplotlib, the html extra (pip install "otel-leak[html]")'
 
 
 def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, quiet: bool):
