@@ -27,6 +27,7 @@ OTEL_LEAK = str(Path(sys.executable).parent / "otel-leak")
 LEAKY = "leak_demo.remember_user"
 HEALTHY = ("leak_demo.resize_image", "leak_demo.send_email")
 LOAD_LIMIT_S = 150.0
+SOLO_TASKS = 3000  # ~40 s at ~75 tasks/s
 
 
 def _child_files(proc_dir: Path, command_pid: int | None) -> dict[int, dict]:
@@ -134,6 +135,61 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
     assert r["detected_at_s"] is not None and 0 < r["detected_at_s"] < r["duration_s"]
     page = html.read_text()
     assert "leak declared" in page and LEAKY in page
+
+
+def test_celery_solo_worker_with_a_mixed_queue_gets_the_verdict_and_the_task(redis_url, tmp_path):
+    """One process (``--pool=solo``) draining tasks of three types at ~75 tasks/s, in shuffled batches whose
+    mix changes: the leak is declared in that process and charged to the leaking task. The declaration
+    comes after about 1,400 tasks (20 s): the run goes on to 3,000 tasks so that a slow machine still
+    sees it."""
+    from celery import Celery
+
+    proc_dir = tmp_path / "procs"
+    report = tmp_path / "solo.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url, PYTHONUNBUFFERED="1",
+               OTEL_PYTHON_LEAK_REPORT_DIR=str(proc_dir))
+    log = open(tmp_path / "worker.log", "w")
+    runner = subprocess.Popen(
+        [OTEL_LEAK, "run", "--report", str(report), "--", "celery", "-A", "app", "worker", "--pool=solo",
+         "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        cwd=APP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    client = Celery("client", broker=redis_url, backend=redis_url)
+    sent = {LEAKY: 0, HEALTHY[0]: 0, HEALTHY[1]: 0}
+    try:
+        client.send_task(HEALTHY[1], args=["warmup@example.com"]).get(timeout=90)
+        rng = random.Random(11)
+        t0 = time.monotonic()
+        while sum(sent.values()) < SOLO_TASKS and time.monotonic() - t0 < 120:
+            counts = {LEAKY: rng.randint(2, 20), HEALTHY[0]: rng.randint(2, 20), HEALTHY[1]: rng.randint(2, 20)}
+            order = [name for name, n in counts.items() for _ in range(n)]
+            rng.shuffle(order)
+            batch = [client.send_task(n, args=[uuid.uuid4().hex] if n == LEAKY else
+                                      ["someone@example.com"] if n == HEALTHY[1] else []) for n in order]
+            for r in batch:
+                r.get(timeout=60)
+            for name, n in counts.items():
+                sent[name] += n
+            time.sleep(max(0.0, t0 + sum(sent.values()) / 75.0 - time.monotonic()))  # ~75 tasks/s: ~20 s
+        load_s = time.monotonic() - t0
+        time.sleep(2.5)
+        runner.send_signal(signal.SIGTERM)
+        rc = runner.wait(timeout=90)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(30)
+        log.close()
+    out = (tmp_path / "worker.log").read_text()
+    assert rc == 0, out[-3000:]
+    r = json.loads(report.read_text())
+    assert sum(sent.values()) >= SOLO_TASKS, (sent, load_s)
+    assert r["verdict"] == "leak", ({p["pid"]: p["verdict"] for p in r["processes"]}, load_s, out[-2000:])
+    assert r["suspects"] and r["suspects"][0]["task"] == LEAKY, r["suspects"]
+    worker = max((json.loads(f.read_text()) for f in proc_dir.glob("*.json")), key=lambda d: d["tasks_observed"])
+    assert worker["verdict"] == "leak" and worker["suspects"][0]["task"] == LEAKY, worker["suspects"]
+    assert worker["detected_at_tasks"] <= sum(sent.values()), (worker["detected_at_tasks"], sent)
 
 
 def _line_of(path: Path, needle: str) -> int:
