@@ -23,7 +23,7 @@ import pytest
 from otel_leak import cli
 from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
 from otel_leak.report.merging import Loaded, RunInfo, write_json
-from otel_leak.report.diagnosis import HEAD, _flags, looks_like_python, shebang
+from otel_leak.report.diagnosis import HEAD, Process, _flags, interpreters, looks_like_python, shebang
 from otel_leak.report.runner import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -612,3 +612,8 @@ def test_interpreter_detection_parts(tmp_path):
         True, True, False, False, False]
     assert _flags(["python", "-uI", "-X", "dev", "w.py", "-E"]) == ["-u", "-I", "-X"]
     assert _flags(["python", "-m", "celery", "-I"]) == []
+    # a process whose title was changed shows only its binary: a virtualenv's base interpreter, not a new one
+    py = str(BIN / "python")
+    seen = [Process(["python", "w.py"]), Process(["[celeryd: worker]"], os.path.realpath(py)),
+            Process(["/opt/other/bin/python3", "w.py"])]
+    assert interpreters(py, env, seen) == [py, "/opt/other/bin/python3"]

@@ -95,8 +95,8 @@ def interpreters(exe: str, env: dict[str, str], seen: Iterable[Process]) -> list
         first = proc.cmdline[0] if proc.cmdline else None
         if looks_like_python(first):
             out.append(_resolve(first, env))
-        elif looks_like_python(proc.exe):
-            out.append(proc.exe)
+        elif looks_like_python(proc.exe) and proc.exe not in {os.path.realpath(p) for p in out}:
+            out.append(proc.exe)  # the binary itself: a virtual environment's shows its base interpreter
     unique: list[str] = []
     for path in out:
         if path not in unique:
