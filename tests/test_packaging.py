@@ -253,20 +253,21 @@ def _celery(fresh: Fresh, cwd: Path, broker: str, pool: list[str], cap: float):
         runner = subprocess.Popen(
             [str(fresh.bin / "otel-leak"), "run", "--report", "r.json", "--", "celery", "-A", "tasks", "worker",
              *pool, "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             p = _check([str(fresh.bin / "python"), "tasks.py", "produce", str(cap), "100", str(procs)],
                        timeout=cap + 150, cwd=cwd, env=env)
             load = _worker_line(p.stdout)
             time.sleep(2.5)  # one more periodic write: prefork children leave through os._exit
-            runner.send_signal(signal.SIGTERM)
+            runner.send_signal(signal.SIGTERM)  # forwarded to the worker: a warm shutdown
             rc = runner.wait(timeout=90)
         finally:
-            if runner.poll() is None:
-                runner.kill()
+            if runner.poll() is None:  # the worker too, not only otel-leak run
+                os.killpg(runner.pid, signal.SIGKILL)
                 runner.wait(30)
     out = (cwd / "worker.log").read_text()
     assert rc == 0, out[-3000:]
+    assert not load["failed"], (load["failed"], out[-3000:])  # otel-leak must never break a task
     return json.loads((cwd / "r.json").read_text()), load, out
 
 

@@ -6,7 +6,8 @@ Broker and result backend from ``CELERY_BROKER_URL``. ``tasks.remember`` keeps 2
 that is never evicted; ``tasks.resize`` allocates 64 KiB and frees it; ``tasks.notify`` does a little
 string work. The client sends them in batches whose mix changes from batch to batch, about RATE tasks/s,
 for SECONDS or until a per-process report in REPORT_DIR declares a leak and its suspects are named, then prints one
-line, ``RESULT`` and JSON: tasks sent per name, the pids that ran them, seconds of load, the pid that declared.
+line, ``RESULT`` and JSON: tasks sent per name, the pids that ran them, seconds of load, the pid that declared,
+the first tasks that raised in the worker.
 """
 
 import json
@@ -50,6 +51,7 @@ def produce(seconds, rate, report_dir):
     rng = random.Random(9)
     sent = {"tasks.remember": 0, "tasks.resize": 0, "tasks.notify": 0}
     pids = set()
+    failed = []
     start = time.monotonic()
     leaker = None
     while time.monotonic() - start < seconds and leaker is None:
@@ -65,11 +67,17 @@ def produce(seconds, rate, report_dir):
             else:
                 batch.append(notify.delay("someone@example.com"))
             sent[name] += 1
-        pids.update(r.get(timeout=60) for r in batch)
+        for name, r in zip(order, batch):
+            value = r.get(timeout=60, propagate=False)
+            if r.failed():  # the task raised in the worker: name it, keep the load on
+                failed.append(f"{name}: {type(value).__name__}: {value}")
+            else:
+                pids.add(value)
         time.sleep(max(0.0, start + sum(sent.values()) / rate - time.monotonic()))
         leaker = declared(report_dir)
     load_s = round(time.monotonic() - start, 1)
-    print("RESULT", json.dumps({"sent": sent, "pids": sorted(pids), "load_s": load_s, "declared_by": leaker}), flush=True)
+    print("RESULT", json.dumps({"sent": sent, "pids": sorted(pids), "load_s": load_s, "declared_by": leaker,
+                                "failed": failed[:5]}), flush=True)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:
