@@ -154,12 +154,17 @@ def _walk(site: dict, budget: float, max_depth: int) -> list[dict]:
                 break
         if root:
             break
+    # the attribute descent gets at most a third of the budget: a heap with many modules and large class
+    # dicts can take all of it, and the scan of large containers below must still run
+    descent_end = min(deadline, time.monotonic() + budget / 3)
     for modname, md in dicts if target is None else ():
-        if time.monotonic() > deadline:
+        if time.monotonic() > descent_end:
             break
         for name, v in list(md.items()):
             if type(v) in big or isinstance(v, types.ModuleType):
                 continue
+            if time.monotonic() > descent_end:
+                break
             if type(v) is _LRU and any(holds(x) for x in gc.get_referents(v)):
                 break  # a module-level functools cache: its dict is a referent of the wrapper
             vd = _own_dict(v)
