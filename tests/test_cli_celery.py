@@ -96,14 +96,9 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
             if len(declared) >= 2 and sent[LEAKY] >= 300:
                 break
         load_s = LOAD_LIMIT_S - (deadline - time.monotonic())
-        time.sleep(2.5)  # one more periodic write (REPORT_INTERVAL=2 s): children leave through os._exit
-        runner.send_signal(signal.SIGTERM)
-        rc = runner.wait(timeout=90)
+        rc = _stop(runner)
     finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait(30)
-        log.close()
+        _reap(runner, log)
     out = (tmp_path / "worker.log").read_text()
     assert rc == 0, out[-3000:]
     r = json.loads(report.read_text())
@@ -173,14 +168,9 @@ def test_celery_solo_worker_with_a_mixed_queue_gets_the_verdict_and_the_task(red
                 sent[name] += n
             time.sleep(max(0.0, t0 + sum(sent.values()) / 75.0 - time.monotonic()))  # ~75 tasks/s: ~20 s
         load_s = time.monotonic() - t0
-        time.sleep(2.5)
-        runner.send_signal(signal.SIGTERM)
-        rc = runner.wait(timeout=90)
+        rc = _stop(runner)
     finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait(30)
-        log.close()
+        _reap(runner, log)
     out = (tmp_path / "worker.log").read_text()
     assert rc == 0, out[-3000:]
     r = json.loads(report.read_text())
@@ -190,6 +180,21 @@ def test_celery_solo_worker_with_a_mixed_queue_gets_the_verdict_and_the_task(red
     worker = max((json.loads(f.read_text()) for f in proc_dir.glob("*.json")), key=lambda d: d["tasks_observed"])
     assert worker["verdict"] == "leak" and worker["suspects"][0]["task"] == LEAKY, worker["suspects"]
     assert worker["detected_at_tasks"] <= sum(sent.values()), (worker["detected_at_tasks"], sent)
+
+
+def _stop(runner: subprocess.Popen) -> int:
+    """Stop ``otel-leak run`` as an operator would (SIGTERM, forwarded to the worker) after one more
+    periodic report write (REPORT_INTERVAL=2 s: prefork children leave through os._exit); its exit code."""
+    time.sleep(2.5)
+    runner.send_signal(signal.SIGTERM)
+    return runner.wait(timeout=90)
+
+
+def _reap(runner: subprocess.Popen, log) -> None:
+    if runner.poll() is None:
+        runner.kill()
+        runner.wait(30)
+    log.close()
 
 
 def _line_of(path: Path, needle: str) -> int:

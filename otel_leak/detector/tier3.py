@@ -93,24 +93,8 @@ def _own_dict(v):
 
 
 def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: int = 1) -> list[dict]:
-    """What keeps objects from ``site`` alive: a referrer chain of bounded depth, in bounded time.
-
-    Runs on a background thread, so the walk holds the interpreter lock from start to end (the switch
-    interval is raised past the budget for its duration, then restored): ``gc.get_objects`` and
-    ``gc.get_referrers`` return objects other threads may still be building (a tuple being filled from a
-    generator), and a reference held across a thread switch makes that thread's next resize fail with
-    ``SystemError`` in the user's code. The walk drops every reference it took before it returns, so
-    the other threads see none of them.
-    """
-    old = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(max(old, budget + 1.0))
-    except Exception:
-        return []
-    try:
-        return _walk(site, budget, max_depth)
-    finally:
-        sys.setswitchinterval(old)
+    """What keeps objects from ``site`` alive: a referrer chain of bounded depth, in bounded time."""
+    return _walk(site, budget, max_depth)
 
 
 def _walk(site: dict, budget: float, max_depth: int) -> list[dict]:
