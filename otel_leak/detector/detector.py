@@ -252,12 +252,20 @@ class Detector:
         since = ws[max(0, len(ws) - self.tier1.trend_len())].t0 if ws else None
         full = since is not None and not self._full.since(since) and self._full.may_force()
         # How much of the growth the collection handed back to the allocator. Its two readings are charged
-        # with the collection itself to the sampler's tick budget, not to the walk budget: a debt there would
-        # delay the next window's reading, which confirms or vetoes.
-        freed = self._alloc.freed_by(self._full.force if full else lambda: gc.collect(1))
+        # to the sampler's tick budget, not to the walk budget: a debt there would delay the next window's
+        # reading, which confirms or vetoes. A forced full collection is budgeted by ``fullgc`` (its interval
+        # and pause share) and exempted here: charged to the tick budget, a 30 ms collection would stall the
+        # sampler for seconds, just when the next windows must confirm or veto the suspicion.
+        freed = self._alloc.freed_by(self._force_full if full else lambda: gc.collect(1))
         self.tier1.note_collect(freed)
         self._event("full_gc" if full else "young_gc", duration_s=round(time.perf_counter() - t0, 4),
                     freed_bytes=freed)
+
+    def _force_full(self) -> None:
+        pause = self._full.force()
+        exempt = getattr(self.sampler, "exempt", None)
+        if exempt is not None:
+            exempt(pause)
 
     def _start_burst(self) -> None:
         """On suspicion: a few seconds of cheap ~20 Hz rows for the attribution regression (see ``burst``)."""
