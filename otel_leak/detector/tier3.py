@@ -1,38 +1,114 @@
 """Tier 3: what keeps a leaking site's objects alive, as a path from a module global, in bounded time.
 
 Runs right after a tier-2 window, with tracemalloc still tracing (the allocation site of an object is how
-its objects are recognised). The holder is looked for first among module globals and their attributes
-(a dict of atomic values, the commonest cache, is not even tracked by the collector, so only its holder
-leads to it), then among every large container, then among every object; the path up from the holder
-ends at the first module global. Nothing here runs an object's own code: attribute dicts are read with
-the base ``__getattribute__`` (no ``__getattr__``, no property).
+its objects are recognised). A breadth-first walk over references starts at the roots a worker's data
+hangs from: module globals (``__main__`` and the modules imported last first) and the stacks of the other
+threads. It stops at the first holder: a large container whose newest entries were allocated at the site,
+or any object that holds one allocated there. The path is the walk's own parent links, from the holder up
+to its root, so no referrer search is needed.
+
+Safe to run on a background thread next to the worker's own threads:
+
+* It never enumerates the collector's lists (``gc.get_objects``) nor searches referrers
+  (``gc.get_referrers``). Those return objects another thread is still building: a tuple being filled by
+  ``tuple(generator)`` is tracked but referenced only by the C code filling it, and a second reference,
+  held across a thread switch, makes that code fail with ``SystemError`` in the user's task. An object
+  reached through references is never one under construction.
+* It never runs an object's own code: referents come from the collector's traversal, attribute dicts are
+  read with the base ``__getattribute__`` (no ``__getattr__``, no property). A running frame's locals
+  are read from its ``f_locals`` snapshot, which keeps references to them until the frame next takes
+  one or ends.
+
+What only C-level state holds (not reachable from a module or a stack) is not found.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import gc
 import itertools
 import sys
+import threading
 import time
 import tracemalloc
 import types
 
 from otel_leak.detector.tier2 import _OWN, site_frame
 
-def _describe(obj, child) -> dict:
-    d = {"type": type(obj).__name__}
+MAX_NODES = 250_000  # objects the walk may visit (its own memory: a dict entry and a queue slot each)
+BIG = 64  # a container at least this long is checked for entries allocated at the site
+WIDE = 1024  # of a container longer than this, only the newest entries are followed
+CHECK_EVERY = 256  # objects between two looks at the clock
+PER_ROOT = 5_000  # objects walked from one root (not counting those seen from earlier roots)
+MAX_PATH = 16
+
+_FRAME = type(sys._getframe())
+_FUNCTION = types.FunctionType
+_QUALNAME = type.__dict__["__qualname__"].__get__  # a class's qualified name, whatever its metaclass does
+_CELL = type((lambda x: lambda: x)(0).__closure__[0])
+_BIG_TYPES = (dict, list, set, collections.deque)
+_ATOMIC = (str, bytes, bytearray, int, float, complex, bool, type(None))
+
+
+def _own_dict(v):
+    """``v``'s attribute dict, read without running any of its code (no ``__getattr__``, no property)."""
     try:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if v is child:
-                    d["key"] = repr(k)[:80]
-                    break
-            mod = _module_of_dict(obj)
+        if issubclass(type(v), type):  # not isinstance(): that may ask the object for its __class__
+            return type.__getattribute__(v, "__dict__")
+        return object.__getattribute__(v, "__dict__")
+    except Exception:
+        return None
+
+
+def _modules_by_dict() -> dict[int, str]:
+    return {id(d): name for name, m in list(sys.modules.items()) if type(d := _own_dict(m)) is dict}
+
+
+def _tail(o, n: int = 8) -> list:
+    """A container's ``n`` newest entries (leaking containers grow at their end); a set has no order:
+    some of its members (at least 64)."""
+    t = type(o)
+    if t is list:
+        return o[-n:]
+    if t is collections.deque:
+        return list(itertools.islice(reversed(o), n))
+    if t is dict:
+        return list(itertools.islice(reversed(o.values()), n))
+    return list(itertools.islice(o, max(n, 64)))
+
+
+def _referents(o) -> list:
+    """What the walk follows from ``o``: the collector's view of its references (no code of ``o`` runs);
+    of a very long container only its newest entries."""
+    t = type(o)
+    if t in _BIG_TYPES and len(o) > WIDE:
+        return _tail(o, 64)
+    if t is _FUNCTION:
+        # Data hangs from a function through its closure, defaults and attributes; its code, globals
+        # (a root of its own) and names hold none.
+        return [x for x in (o.__closure__, o.__defaults__, o.__kwdefaults__, _own_dict(o)) if x]
+    if issubclass(t, type):
+        # a class's data is in its namespace (its bases are globals of their modules)
+        return [r for r in gc.get_referents(o) if type(r) is dict]
+    if t is _FRAME:
+        # A running frame's locals are not in the collector's view of it; f_locals is a snapshot of them
+        # (a dict the frame keeps, which ``locals()`` would return too: read, never cleared).
+        return list(o.f_locals.values())
+    return gc.get_referents(o)
+
+
+def _describe(obj, child, modules: dict[int, str]) -> dict:
+    d = {"type": _QUALNAME(type(obj))}
+    try:
+        if type(obj) is dict:
+            mod = modules.get(id(obj))
             if mod:
                 d["module"] = mod
-        elif isinstance(obj, (list, tuple)):
+            for k, v in list(obj.items()):
+                if v is child:
+                    d["key"] = _key_text(k)
+                    break
+        elif type(obj) in (list, tuple):
             for i, v in enumerate(obj):
                 if v is child:
                     d["index"] = i
@@ -42,205 +118,149 @@ def _describe(obj, child) -> dict:
             d["function"] = obj.f_code.co_name
             d["file"] = obj.f_code.co_filename
             d["line"] = obj.f_lineno
-            for k, v in obj.f_locals.items():
+            for k, v in list(obj.f_locals.items()):
                 if v is child:
-                    d["key"] = k
+                    d["key"] = str(k)
                     break
-        elif _own_dict(obj) is not None or hasattr(type(obj), "__qualname__"):
-            d["type"] = getattr(type(obj), "__qualname__", d["type"])
+        else:
+            od = _own_dict(obj)
+            if od is not None:
+                for k, v in list(od.items()):
+                    if v is child:
+                        d["attr"] = str(k)[:80]
+                        break
     except Exception:
         pass
     return d
 
 
-_FRAME = type(sys._getframe())
+def _key_text(k) -> str:
+    """A dict key as text without running its ``__repr__`` (only atoms and tuples of atoms are shown)."""
+    if type(k) in _ATOMIC or (type(k) is tuple and all(type(x) in _ATOMIC for x in k)):
+        return repr(k)[:80]
+    if type(k) is tuple:
+        return "(" + ", ".join(repr(x)[:40] if type(x) in _ATOMIC else f"<{type(x).__name__}>" for x in k[:4]) + ")"
+    return f"<{type(k).__name__}>"
 
 
-def _our_frame(o) -> bool:
-    return type(o) is _FRAME and any(x in o.f_code.co_filename for x in _OWN)
+def _roots(modules: dict[int, str]) -> list:
+    """``__main__``'s globals, the frames of the other threads' stacks (outermost first: a worker's loop
+    and its locals), then the other modules' globals, those imported last (the application's) first.
+    otel-leak's own modules and threads are left out."""
+    mods = list(sys.modules.items())
+    dicts = []
+    for name, m in [kv for kv in mods if kv[0] == "__main__"] + [kv for kv in reversed(mods) if kv[0] != "__main__"]:
+        d = _own_dict(m)
+        if type(d) is dict and name != "otel_leak" and not name.startswith("otel_leak."):
+            dicts.append(d)
+    frames = []
+    me = threading.get_ident()
+    for ident, f in list(sys._current_frames().items()):
+        stack = []
+        while f is not None and ident != me:
+            stack.append(f)
+            f = f.f_back
+        if not any(any(x in fr.f_code.co_filename for x in _OWN) for fr in stack):
+            frames.extend(reversed(stack))
+    return dicts[:1] + frames + dicts[1:]
 
 
-def _module_of_dict(dct) -> str | None:
-    for name, m in list(sys.modules.items()):
-        if getattr(m, "__dict__", None) is dct:
-            return name
-    return None
+# Not followed: modules (their dicts are roots of their own), code, descriptors and builtins hold no data
+_SKIP = frozenset({
+    type(sys), type(_own_dict.__code__), type(len), type(str.join), type(str.__add__), type(int.real),
+    type(type.__dict__["__dict__"]), type(dict.__dict__["fromkeys"]), type(type.__dict__),
+    type(object.__init__), type(type.__dict__["__basicsize__"]),
+})
 
 
-def _tail_referents(o):
-    """Referents to check for a leaked non-container: leaking containers grow at their end."""
-    t = type(o)
-    if t is list or t is collections.deque:
-        return o[-8:] if t is list else list(itertools.islice(reversed(o), 8))
-    if t is dict:
-        return list(itertools.islice(reversed(o.values()), 8))
-    if t is set:
-        return list(itertools.islice(o, 64))  # no order: a bounded look at some members
-    return gc.get_referents(o)
+def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_root: int = PER_ROOT) -> list[dict]:
+    """What keeps objects from ``site`` alive: the path from a module global (or a thread's stack) to
+    the holder, found within ``budget`` seconds and ``max_nodes`` objects; [] when none was found.
 
-
-_LRU = type(functools.lru_cache(maxsize=None)(len))
-
-
-def _own_dict(v):
-    """``v``'s attribute dict, read without running any of its code (no ``__getattr__``, no property)."""
-    try:
-        if isinstance(v, type):
-            return type.__getattribute__(v, "__dict__")
-        return object.__getattribute__(v, "__dict__")
-    except Exception:
-        return None
-
-
-def retention_paths(site: dict, budget: float, max_depth: int = 8, max_targets: int = 1) -> list[dict]:
-    """What keeps objects from ``site`` alive: a referrer chain of bounded depth, in bounded time."""
-    return _walk(site, budget, max_depth)
-
-
-def _walk(site: dict, budget: float, max_depth: int) -> list[dict]:
+    The roots are walked one after the other, each breadth first over at most ``per_root`` objects not
+    seen from an earlier root: the application's globals (the first roots) are searched through before
+    the standard library's, and no single large root takes the whole budget."""
     deadline = time.monotonic() + budget
     want = (site["file"], site["line"])
     get_tb = tracemalloc.get_object_traceback
-    target = None
-    holder = None
-    # First the large containers, wherever they are: what leaks usually piles up in one container that
-    # keeps growing (a module dict or list, a deque, a cache's dict, a registry), and checking the newest
-    # entries of the large ones costs a type test per object. Then every object, newest generation first.
-    big = (dict, list, set, collections.deque)
-    # Module globals and their attributes first: a dict that holds only atomic values (bytes keyed by
-    # strings or ints, the commonest cache) is not tracked by the collector, so only its holder can lead
-    # to it. ``roots`` maps each global's id to (module, name) to end the referrer walk there.
-    # ``root``: the module global (module, name[, attribute]) the holder was found under.
-    root: tuple | None = None
-    mods = list(sys.modules.items())
-    # The application's modules are imported last (and __main__ is the script): newest first.
-    mods = [kv for kv in mods if kv[0] == "__main__"] + [kv for kv in reversed(mods) if kv[0] != "__main__"]
-    dicts = [(name, d) for name, d in ((n, _own_dict(m)) for n, m in mods) if type(d) is dict]
+    raw_tb = getattr(tracemalloc, "_get_object_traceback", None)  # frames as tuples, most recent first
 
-    def holds(c) -> bool:
-        nonlocal target, holder
-        if type(c) in big and len(c) >= 64:
-            for r in _tail_referents(c):
-                tb = get_tb(r)
-                if tb is not None and site_frame(tb) == want:
-                    target, holder = r, c
-                    return True
-        return False
+    def at_site(o) -> bool:
+        # Most objects of a traced heap have a traceback: a containment test on the raw frames first (in C)
+        # spares the site check (string tests per frame) for all but those allocated under the site's line.
+        if raw_tb is not None:
+            raw = raw_tb(o)
+            if raw is None or want not in raw:
+                return False
+        tb = get_tb(o)
+        return tb is not None and site_frame(tb) == want
 
-    # the globals themselves, then the containers among their attributes (a class's cache, a manager's
-    # registry, a functools cache's dict)
-    for modname, md in dicts:
-        if time.monotonic() > deadline:
+    modules = _modules_by_dict()
+    roots = _roots(modules)
+    parent: dict[int, object] = {id(r): None for r in roots}  # id -> the object it was reached from
+    target = holder = None
+    n = 0
+    queue: collections.deque = collections.deque()
+    for root in roots:
+        if target is not None or time.monotonic() > deadline or len(parent) > max_nodes:
             break
-        for name, v in list(md.items()):
-            if holds(v):
-                root = (modname, name)
+        queue.clear()
+        queue.append(root)
+        budget_left = per_root
+        while queue and target is None and budget_left > 0:
+            n += 1
+            budget_left -= 1
+            if n % CHECK_EVERY == 0 and (time.monotonic() > deadline or len(parent) > max_nodes):
                 break
-        if root:
-            break
-    # the attribute descent gets at most a third of the budget: a heap with many modules and large class
-    # dicts can take all of it, and the scan of large containers below must still run
-    descent_end = min(deadline, time.monotonic() + budget / 3)
-    for modname, md in dicts if target is None else ():
-        if time.monotonic() > descent_end:
-            break
-        for name, v in list(md.items()):
-            if type(v) in big or isinstance(v, types.ModuleType):
-                continue
-            if time.monotonic() > descent_end:
-                break
-            if type(v) is _LRU and any(holds(x) for x in gc.get_referents(v)):
-                break  # a module-level functools cache: its dict is a referent of the wrapper
-            vd = _own_dict(v)
-            if isinstance(vd, (dict, types.MappingProxyType)):
-                for attr, x in list(vd.items()):
-                    if holds(x):
-                        root = (modname, name, attr)
-                        break
-                    if type(x) is _LRU and any(holds(y) for y in gc.get_referents(x)):
-                        break
-            if target is not None:
-                break
-        if target is not None:
-            break
-    objs = gc.get_objects() if target is None else []
-    for i, o in enumerate(objs):
-        if i % 4096 == 0 and time.monotonic() > deadline:
-            break
-        try:
-            if holds(o):
-                break
-        except Exception:
-            continue
-    objs = []
-    for gen in (0, 1, 2):
-        if target is not None or time.monotonic() > deadline:
-            break
-        objs = gc.get_objects(gen)
-        for i, o in enumerate(objs):
-            if i % 512 == 0 and time.monotonic() > deadline:
-                break
-            tb = get_tb(o)
-            if tb is not None and site_frame(tb) == want:
-                target = o
-                break
+            o = queue.popleft()
             try:
-                refs = _tail_referents(o)
-            except Exception:
+                if type(o) in _BIG_TYPES and len(o) >= BIG:
+                    for r in _tail(o):
+                        if at_site(r):
+                            target, holder = r, o
+                            break
+                    if target is not None:
+                        break
+                for r in _referents(o):
+                    i = id(r)  # (under tracemalloc every allocation is slow, an id's int too: one per object)
+                    if i in parent or type(r) in _SKIP:
+                        continue
+                    if at_site(r):
+                        target, holder = r, o
+                        break
+                    if type(r) in _ATOMIC:
+                        continue
+                    parent[i] = o
+                    queue.append(r)
+            except Exception:  # a container another thread changed under the walk: go on with the next
                 continue
-            for r in refs:
-                if gc.is_tracked(r):
-                    continue
-                tb = get_tb(r)
-                if tb is not None and site_frame(tb) == want:
-                    target, holder = r, o
-                    break
-            if target is not None:
-                break
-    del objs
+    queue.clear()
     if target is None:
         return []
     chain = [{"type": type(target).__name__, "size": sys.getsizeof(target)}]
-    ignore = {id(chain), id(sys._getframe())}
-    cur = target
-    if holder is not None:
-        chain.append(_describe(holder, cur))
-        cur = holder
+    child, cur = target, holder
     complete = False
-    if root is not None:
-        if len(root) == 3:
-            owner = dict(dicts).get(root[0], {}).get(root[1])
-            owner_name = owner.__name__ if isinstance(owner, type) else type(owner).__name__
-            chain.append({"type": f"{owner_name}.{root[2]}"})
-        chain.append({"type": "module", "module": root[0], "key": repr(root[1])})
-        complete = True
-    for _ in range(0 if complete else max_depth):
-        if time.monotonic() > deadline:
-            break
-        refs = [
-            r for r in gc.get_referrers(cur)
-            if id(r) not in ignore and r is not chain and not _our_frame(r)
-        ]
-        if not refs:
-            complete = True
-            break
-        # Prefer module globals and long-lived containers over transient ones.
-        refs = refs[:64]
-        mods = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
-        refs.sort(key=lambda r: 0 if id(r) in mods else 1 if type(r) is _LRU else 2)
-        parent = refs[0]
-        step = _describe(parent, cur)
+    while cur is not None and len(chain) < MAX_PATH:
+        step = _describe(cur, child, modules)
         chain.append(step)
-        ignore.add(id(refs))
-        if "module" in step:
+        if "module" in step or type(cur) is _FRAME:
             complete = True
             break
-        cur = parent
-    refs = None
-    text = " <- ".join(
-        s.get("module", s["type"]) + (f"[{s['key']}]" if "key" in s else f"[{s['index']}]" if "index" in s else "")
-        for s in chain
-    )
+        child, cur = cur, parent.get(id(cur))
+    parent.clear()
+    text = " <- ".join(_step_text(s) for s in chain)
     return [{"site": f"{site['file']}:{site['line']}", "path": chain, "text": text, "complete": complete}]
 
 
+def _step_text(s: dict) -> str:
+    if "function" in s:
+        local = f" local {s['key']!r}" if "key" in s else ""
+        return f"{s['function']}(){local} at {s['file']}:{s['line']}"
+    head = s.get("module", s["type"])
+    if "key" in s:
+        return f"{head}[{s['key']}]"
+    if "index" in s:
+        return f"{head}[{s['index']}]"
+    if "attr" in s:
+        return f"{head}.{s['attr']}"
+    return head
