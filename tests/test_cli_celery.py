@@ -125,6 +125,9 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
     # the allocation site is the leaking line of the app
     top3 = [(Path(s["file"]).name, s["line"]) for s in r["allocation_sites"][:3]]
     assert ("app.py", _line_of(APP_DIR / "app.py", "_USERS[key] =")) in top3, top3
+    # and what holds it: the module global
+    assert any(p.get("complete") and p["text"].endswith("app['_USERS']") for p in r["retention_paths"]), \
+        r["retention_paths"]
 
     assert r["exit_code"] == 0 and r["signal"] is None
     assert r["detected_at_s"] is not None and 0 < r["detected_at_s"] < r["duration_s"]

@@ -152,3 +152,29 @@ def test_tier1_suspects_wait_for_tier2_then_stand_if_it_never_answers():
     declared_t = next(e["t_s"] for e in det.events if e["kind"] == "leak_declared")
     assert changes and changes[0]["t_s"] - declared_t > D.TIER2_WAIT
     det.stop()
+
+
+def test_a_tier2_window_of_a_handful_of_tasks_neither_clears_nor_names():
+    """A window that saw 6 tasks (a worker idle between batches) whose regression clears the leaker and
+    names its neighbour: no answer. The suspects wait for an informative window, and tier 1 names the
+    leaker once the wait is over; the neighbour is never named and the leaker never vetoed."""
+    from otel_leak.detector import detector as D
+
+    def declare(det):
+        few = tier2_result()
+        few.tasks, few.calls = 6, {"ingest": 3, "render": 3}
+        rows_c = [{"render": 1}, {"ingest": 1}, {"render": 1}, {"ingest": 1}, {"render": 1}, {"ingest": 1}]
+        few.attribution = regress(rows_c, [K64, 10.0, K64 + 500, 30.0, K64 - 300, 20.0])
+        assert few.attribution and few.attribution[0].task == "render"  # what the handful says
+        det.tier2_thread = object()
+        det._tier2_done(few)
+        assert det.suspects == []
+        det.tier2_thread = object()  # the next window never reports
+
+    det, named = run_detector(neighbour_stream(seconds=120, alternate=False), tier2=True, on_declare=declare)
+    assert det.verdict == "leak" and named == {"ingest"}, named
+    assert not any(e.get("vetoed") for e in det.events if e["kind"] == "suspects")
+    changes = [e for e in det.events if e["kind"] == "suspects"]
+    declared_t = next(e["t_s"] for e in det.events if e["kind"] == "leak_declared")
+    assert changes and changes[0]["t_s"] - declared_t > D.TIER2_WAIT
+    det.stop()

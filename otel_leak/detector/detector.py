@@ -140,7 +140,8 @@ class Detector:
         self._t1_attr = []
         self._vetoed: list[str] = []
         self._held = False
-        self._tier2_res = None
+        self._tier2_res = None  # the latest informative tier-2 result
+        self._tier2_seen = False
         # The start (attach or fork) is the first rate reference: the sampler was usually started before the
         # detector attached and is already waiting out its first interval, so the first sample the detector
         # sees can give the task rate at once instead of a probe interval later.
@@ -350,8 +351,10 @@ class Detector:
                     del self.tier2_runs[1:2]
                 self._event("tier2_end", **{k: v for k, v in run.items() if k != "t_s"})
                 if res.error is None:
-                    self._tier2_res = res
-                    self._classify(res)
+                    if res.informative:  # a window of too few tasks leaves the kind and the suspects as they were
+                        self._tier2_res = res
+                        self._tier2_seen = True
+                        self._classify(res)
                     if res.sites:
                         self.sites = res.sites
                     if res.retention_paths:
@@ -366,7 +369,10 @@ class Detector:
     # ------------------------------------------------------------------ suspects
     def _tier2_pending(self) -> bool:
         now = self.last.t if self.last is not None else None
-        return SU.tier2_pending(self.tier2_enabled, bool(self.tier2_runs), self.error is not None,
+        # A window of too few tasks is no answer: tier 1 waits for an informative one, up to TIER2_WAIT
+        # seconds after the declaration; a failing window ends the wait.
+        failed = self.error is not None or any(r.get("error") for r in self.tier2_runs)
+        return SU.tier2_pending(self.tier2_enabled, self._tier2_seen, failed,
                                 self.tier1.declared_t, now)
 
     def _update_suspects(self) -> None:

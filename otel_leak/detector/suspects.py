@@ -27,8 +27,9 @@ TIER2_WAIT = 10.0  # seconds per-task suspects wait for tier 2's first window be
 T1_MIN_T = 5.0
 T2_MIN_T = 3.0
 # Tier 2 contradicts a tier-1 suspect it saw at least CONTRADICT_CALLS calls of, retaining less than
-# CONTRADICT_SHARE of tier 1's bytes per call.
-CONTRADICT_CALLS = 3
+# CONTRADICT_SHARE of tier 1's bytes per call (fewer calls, amid the transient allocations of a real
+# worker's tasks, do not clear a suspect tier 1 found over hundreds).
+CONTRADICT_CALLS = 20
 CONTRADICT_SHARE = 0.25
 PYTHON_KINDS = ("python_heap", "mixed")  # kinds where tier 2's traced Python bytes speak for the leak
 

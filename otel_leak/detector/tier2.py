@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import math
 import os
 import sysconfig
 import threading
@@ -137,9 +138,23 @@ class Tier2Result:
         self.user_tracing = False
         self.phases: dict[str, float] = {}
 
+    @property
+    def informative(self) -> bool:
+        """Saw enough tasks for its attribution to confirm or clear a suspect."""
+        return self.error is None and self.tasks >= INFORMATIVE_TASKS
+
 
 MEM_BUDGET = 32 * 1024 * 1024  # tracemalloc's own memory at which a window ends early (bounds analysis too)
 MIN_WINDOW = 0.25  # a window that ends early on the memory budget still runs this long
+# A window goes on past its length until it has seen MIN_TASKS tasks, up to STRETCH times its length or
+# STRETCH_S seconds, whichever is longer: a worker that takes its tasks in batches (a producer waiting for
+# results) may be idle for most of a short window, and its tasks' own transient allocations (a message
+# decoded, a result stored) make the traced bytes of a few dozen tasks too noisy to confirm or clear one.
+MIN_TASKS = 90
+ROW_TASKS = 3  # consecutive rows are merged to about this many tasks each for the regression (at most 8)
+STRETCH = 4.0
+STRETCH_S = 4.0
+INFORMATIVE_TASKS = 20  # a window that saw fewer tasks neither confirms nor clears a suspect
 
 
 def run_window(
@@ -151,10 +166,12 @@ def run_window(
     tier3_budget: float,
     stop_event=None,
     mem_budget: int = MEM_BUDGET,
+    min_tasks: int = MIN_TASKS,
 ) -> Tier2Result:
     """Run one tracemalloc window synchronously (call it from a background thread).
 
-    The window lasts ``window`` seconds, or less once tracemalloc's own memory (which grows with the traces
+    The window lasts ``window`` seconds (longer, up to STRETCH times or STRETCH_S seconds, until
+    ``min_tasks`` tasks were seen), or less once tracemalloc's own memory (which grows with the traces
     kept, and so does the cost of the snapshot analysis) passes ``mem_budget``. Tracing stops right after
     the end snapshot unless tier 3 needs object tracebacks; the analysis runs on the snapshots.
     ``duration`` counts everything: tracing, snapshots, analysis and tier 3.
@@ -180,6 +197,7 @@ def run_window(
         prev_c, prev_y = counts0, traced0
         mid = None
         step = max(0.02, min(0.1, window / 30))
+        longest = max(STRETCH * window, STRETCH_S, window)
         own = own0
         while True:
             if stop_event is not None and stop_event.wait(step):
@@ -196,9 +214,14 @@ def run_window(
             ts.append(now)
             ys.append(float(y - traced0))
             prev_c, prev_y = c, y
-            if mid is None and (now >= 0.4 * window or own >= 0.4 * mem_budget):
+            seen = (stats.total if stats is not None else 0) - total0
+            longer = seen < min_tasks and now < longest  # still too few tasks to tell anything
+            # the middle snapshot at 40 % of the window's length and of its tasks
+            if mid is None and ((now >= 0.4 * window and (seen >= 0.4 * min_tasks or now >= 0.4 * longest))
+                                or own >= 0.4 * mem_budget):
                 mid = _snapshot()
-            if now >= window or (own >= mem_budget and now >= min(window, MIN_WINDOW) and mid is not None):
+            if (now >= window and not longer and mid is not None) or (
+                    own >= mem_budget and now >= min(window, MIN_WINDOW) and mid is not None):
                 break
         t_snap = time.monotonic()
         end = _snapshot()
@@ -213,7 +236,7 @@ def run_window(
         res.python_growth_per_s = robust.theil_sen(ts, ys) if len(ts) > 2 else 0.0
         if res.tasks > 0:
             res.python_growth_per_task = res.python_growth_per_s * span / res.tasks
-        res.attribution = regress(rows_c, rows_y)
+        res.attribution = regress(*merge_rows(rows_c, rows_y, res.tasks))
         calls: dict[str, int] = collections.Counter()
         for c in rows_c:
             calls.update(c)
@@ -240,6 +263,27 @@ def run_window(
                 pass
         res.duration = time.monotonic() - t0
     return res
+
+
+def merge_rows(rows_c: list[dict], rows_y: list[float], tasks: int) -> tuple[list[dict], list[float]]:
+    """Consecutive rows merged to about ROW_TASKS tasks each (at most 8 rows to one).
+
+    A task's memory is allocated before its span ends and is counted: when that lag passes a row boundary
+    (a worker slowed by tracing, a result stored before the span ends), the bytes land in one row and the
+    call in the next, and on rows of one task or none the regression sees nothing at all. On rows of a few
+    tasks only the calls at a row's edge are split."""
+    m = max(1, min(8, math.ceil(ROW_TASKS * len(rows_c) / tasks))) if tasks > 0 else 1
+    if m == 1:
+        return rows_c, rows_y
+    out_c, out_y = [], []
+    for i in range(0, len(rows_c), m):
+        c: dict[str, int] = {}
+        for d in rows_c[i:i + m]:
+            for k, v in d.items():
+                c[k] = c.get(k, 0) + v
+        out_c.append(c)
+        out_y.append(sum(rows_y[i:i + m]))
+    return out_c, out_y
 
 
 def _snapshot():

@@ -199,6 +199,25 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     roots = _roots(modules)
     parent: dict[int, object] = {id(r): None for r in roots}  # id -> the object it was reached from
     target = holder = None
+    # First, cheaply, the large containers that are module globals themselves (the commonest holder: a
+    # module-level cache or registry), in every module, before the walk spends its budget module by module.
+    for d in roots:
+        if target is not None or time.monotonic() > deadline:
+            break
+        if type(d) is not dict:
+            continue
+        try:
+            for v in list(d.values()):
+                if type(v) in _BIG_TYPES and len(v) >= BIG:
+                    for r in _tail(v):
+                        if at_site(r):
+                            target, holder = r, v
+                            parent[id(v)] = d
+                            break
+                    if target is not None:
+                        break
+        except Exception:
+            continue
     n = 0
     queue: collections.deque = collections.deque()
     for root in roots:
