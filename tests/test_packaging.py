@@ -147,21 +147,14 @@ def _assert_leak(report: dict, task: str, detail) -> None:
 
 
 def _celery_suspect(report: dict, task: str, procs: Path) -> None:
-    """The suspect of a Celery run: checked, but a wrong or missing one is an expected failure for now.
-
-    Tracemalloc slows Celery's per-task path so much that a tier-2 window holds a handful of tasks, and
-    tier 2 confirms, vetoes or names the suspects: on this test's workload the named task was wrong or
-    missing in about a third of the runs. The verdict and everything else are checked strictly.
-    """
-    top = report["suspects"][0] if report["suspects"] else {}
-    if top.get("task") == task and 16 * KIB <= top.get("retained_bytes_per_call", 0) <= 36 * KIB:
-        return
+    """The suspect of a Celery run, with the tier-2 windows' task counts when it is wrong."""
     windows = []
     for f in procs.glob("*.json"):
         doc = json.loads(f.read_text())
         windows += [run.get("tasks") for run in (doc.get("tier2") or {}).get("runs") or ()]
-    pytest.xfail(f"suspect {top.get('task')!r} ({top.get('retained_bytes_per_call')} B/call), not {task!r}; "
-                 f"tasks per tier-2 window: {windows}")
+    assert report["suspects"], ("no suspect", windows)
+    top = report["suspects"][0]
+    assert top["task"] == task and 16 * KIB <= top["retained_bytes_per_call"] <= 36 * KIB, (report["suspects"], windows)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ TIER2_WINDOW = setting(
     "DETECTOR_TIER2_WINDOW",
     "float",
     1.0,
-    "Longest tracemalloc window in seconds.",
+    "Tracemalloc window length in seconds, for a window that has seen 90 tasks by then (one that has not goes "
+    "on, up to 4x this or 4 s).",
     minimum=0.1,
     maximum=600,
 )
@@ -97,13 +98,14 @@ TIER3 = setting(
     "DETECTOR_TIER3",
     "bool",
     True,
-    "After tier 2, look for what keeps the top site's objects alive (bounded referrer chain).",
+    "After tier 2, look for what keeps the top site's objects alive (a bounded walk over references from "
+    "module globals and the other threads' stacks).",
 )
 TIER3_BUDGET = setting(
     "DETECTOR_TIER3_BUDGET",
     "float",
     0.25,
-    "Seconds tier 3 may spend walking referrers.",
+    "Seconds tier 3 may spend walking references.",
     minimum=0.0,
     maximum=60,
 )
