@@ -1,7 +1,7 @@
 """Score the detector on the labelled scenario suite.
 
-    .venv/bin/python -m otel_leak.detector.score [--jobs 2] [--only NAME[,NAME]] [--duration 40]
-                                                 [--runner instrument|cli] [--json out.json]
+    .venv/bin/python bench/score_scenarios.py [--jobs 2] [--only NAME[,NAME]] [--duration 40]
+                                              [--runner instrument|cli] [--json out.json]
 
 Each scenario runs as ``opentelemetry-instrument python scenario.py`` (or ``otel-leak run --report ... --``
 with ``--runner cli``) with the detector on and no exporter, writing per-process reports into a temporary
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DIR = os.path.join(ROOT, "scenarios")
 
 
@@ -220,7 +220,7 @@ def print_tables(rows: list[dict], summ: dict, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m otel_leak.detector.score", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/score_scenarios.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenarios", default=DEFAULT_DIR, help="directory with the scenarios and manifest.yaml")
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--only", default="", help="comma-separated scenario names (file stem) to run")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         row["target_16k"] = bool(r["scenario"].get("target_16k"))
         rows.append(row)
     summ = summarize(rows)
-    print_tables(rows, summ, "python -m otel_leak.detector.score " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print_tables(rows, summ, "python bench/score_scenarios.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "summary": summ}, f, indent=1, default=str)
