@@ -245,6 +245,27 @@ def check_parameters(overrides: dict[str, Any]) -> None:
             raise TypeError(f"unknown Mixin parameter {k!r}{hint}; valid parameters: {', '.join(PARAMETERS)}")
 
 
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set name=value`` arguments -> Mixin overrides: label lists comma-separated, numbers as floats."""
+    kinds = {f.name: f.metadata.get("kind") for f in fields(Mixin)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes name=value, got {item!r}")
+        check_parameters({key: None})
+        if kinds[key] == "labels":
+            out[key] = tuple(x.strip() for x in raw.split(",") if x.strip())
+        elif kinds[key] == "number":
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                raise ValueError(f"Mixin parameter {key!r} must be a non-negative number, got {raw!r}") from None
+        else:
+            out[key] = raw
+    return out
+
+
 _dataclass_init = Mixin.__init__
 
 

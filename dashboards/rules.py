@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dashboards.mixin import ALERTS, PARAMETERS, RECORDING_RULES as R, Mixin, check_parameters
+from dashboards.mixin import ALERTS, PARAMETERS, RECORDING_RULES as R, Mixin, check_parameters, parse_set
 from otel_leak import names
 
 PRODUCTION_FILE = "prometheus-rules.yaml"
@@ -435,24 +435,6 @@ def write(out: Path, **overrides: Any) -> list[Path]:
     return written
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    defaults = Mixin().params()
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes name=value, got {item!r}")
-        check_parameters({key: None})
-        default = defaults[key]
-        if isinstance(default, tuple):
-            out[key] = tuple(x.strip() for x in raw.split(",") if x.strip())
-        elif isinstance(default, float):
-            out[key] = float(raw)
-        else:
-            out[key] = raw
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dashboards.rules", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="directory for the generated rule files")
@@ -465,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
+        overrides = parse_set(args.set)
         paths = write(args.out, **overrides)
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
