@@ -1,10 +1,14 @@
-"""``python -m dashboards.grafana --out DIR``: write the dashboards' JSON into DIR."""
+"""``python -m dashboards.grafana --out DIR [--set NAME=VALUE ...]``: write the dashboards' JSON into DIR, for
+the production ``Mixin()`` or with some of its parameters changed (as ``python -m dashboards.rules`` takes
+them, so that rules and dashboards generated with the same ``--set`` agree)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from dashboards.mixin import PARAMETERS, Mixin, parse_set
 
 from . import generate
 
@@ -13,8 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.grafana", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("dashboards/generated/grafana"),
                         help="output directory (default: dashboards/generated/grafana)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"override a Mixin parameter (one of: {', '.join(PARAMETERS)})")
     args = parser.parse_args(argv)
-    for path in generate(args.out):
+    try:
+        m = Mixin(**parse_set(args.set))
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in generate(args.out, m):
         print(path)
     return 0
 

@@ -3,6 +3,8 @@
 Every PromQL expression here is assembled from :mod:`otel_leak.names` (series ``names.X.prom`` and labels
 ``names.LABEL_*``): no metric or label name is typed by hand, so a rename in ``names.py`` regenerates every
 dashboard and ``tests/test_dashboards.py`` catches a query naming a series the project does not produce.
+What depends on a :class:`~dashboards.mixin.Mixin` (its selector, process labels and alert thresholds) is in
+:mod:`.promql` and :mod:`.thresholds`; the helpers here are the same for every Mixin.
 
 grafanalib 0.7.1 lacks three things the dashboards need, added here:
 
@@ -15,12 +17,17 @@ grafanalib 0.7.1 lacks three things the dashboards need, added here:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attr
 from grafanalib import core as g
 
 from dashboards.mixin import ALERTS as ALERT_NAMES
 from dashboards.mixin import RECORDING_RULES
 from otel_leak import names
+
+if TYPE_CHECKING:
+    from .promql import Promql
 
 # --------------------------------------------------------------------------------------------------
 # Labels (after the collector's resource_to_telemetry_conversion)
@@ -31,11 +38,10 @@ TASK = names.LABEL_TASK
 GENERATION = names.LABEL_GC_GENERATION
 
 # Every otel-leak data point carries process.pid: prefork children share their parent's resource (and so its
-# service.instance.id), the pid tells them apart. The detector's gauges carry no pid (one detector per process
-# that runs it), so detector queries group by SERVICE/INSTANCE only.
+# service.instance.id), the pid tells them apart; per-process panels group by the Mixin's process_labels
+# (Promql.process). The detector's gauges carry no pid (one detector per process that runs it), so detector
+# queries group by SERVICE/INSTANCE only.
 PID = names.label(names.SPAN_PID)
-PROCESS = (SERVICE, INSTANCE, PID)  # one worker process
-PROCESS_V = (SERVICE, INSTANCE, VERSION, PID)
 WORKER = (SERVICE, INSTANCE)  # one service instance (the detector's granularity)
 WORKER_V = (SERVICE, INSTANCE, VERSION)
 DETECTOR_VERDICT_LABEL = names.label(names.ATTR_DETECTOR_VERDICT)
@@ -108,32 +114,6 @@ def sum_by(labels: tuple[str, ...], expr: str) -> str:
     return f"sum by ({by(*labels)}) ({expr})"
 
 
-def rate(metric: names.Metric | str, scope: tuple[str, ...], window: str = RATE, suffix: str = "") -> str:
-    return f"rate({sel(metric, *scope, suffix=suffix)}[{window}])"
-
-
-def floor_slope(scope: tuple[str, ...], labels: tuple[str, ...] = PROCESS_V, window: str = WINDOW) -> str:
-    """Slope (bytes/s) of the in-process memory floor gauge over the dashboard's slope window: deriv() of a
-    gauge, never rate(). The alerts use the recording rule RULE_FLOOR_SLOPE instead (fixed window)."""
-    return max_by(labels, f"deriv({sel(names.MEMORY_FLOOR, *scope)}[{window}])")
-
-
-def rule(record: str, scope: tuple[str, ...], labels: tuple[str, ...]) -> str:
-    """A recording rule of the rules generator, aggregated to ``labels``."""
-    return max_by(labels, sel(record, *scope))
-
-
-def task_rate(scope: tuple[str, ...], labels: tuple[str, ...], window: str = RATE) -> str:
-    return sum_by(labels, rate(names.TASK_COUNT, scope, window))
-
-
-def histogram_quantile(q: float, metric: names.Metric, scope: tuple[str, ...], labels: tuple[str, ...]) -> str:
-    return (
-        f"histogram_quantile({q}, sum by ({by('le', *labels)}) "
-        f"({rate(metric, scope, suffix='_bucket')}))"
-    )
-
-
 def legend(*labels: str, prefix: str = "") -> str:
     body = " ".join("{{" + label + "}}" for label in labels)
     return f"{prefix} {body}".strip() if prefix else body
@@ -203,13 +183,13 @@ def datasource_variable() -> g.Template:
     )
 
 
-def query_variable(name: str, label: str, metric: names.Metric, label_name: str, *scope: str,
-                   multi: bool = True) -> g.Template:
+def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> g.Template:
+    """A variable offering the values of a ``label_values()`` query (``Promql.label_values``)."""
     return Variable(
         name=name,
         label=label,
         dataSource=DATASOURCE,
-        query=f"label_values({sel(metric, *scope)}, {label_name})",
+        query=query,
         multi=multi,
         includeAll=multi,
         allValue=".+" if multi else None,
@@ -220,21 +200,23 @@ def query_variable(name: str, label: str, metric: names.Metric, label_name: str,
     )
 
 
-def service_variable(multi: bool = True) -> g.Template:
-    return query_variable("service", "Service", names.PROCESS_MEMORY_USAGE, SERVICE, multi=multi)
+def service_variable(q: Promql, multi: bool = True) -> g.Template:
+    query = q.label_values(names.PROCESS_MEMORY_USAGE, SERVICE)
+    return query_variable("service", "Service", query, multi=multi)
 
 
-def instance_variable() -> g.Template:
-    return query_variable("instance", "Instance", names.PROCESS_MEMORY_USAGE, INSTANCE, var(SERVICE, "service"))
+def instance_variable(q: Promql) -> g.Template:
+    return query_variable("instance", "Instance",
+                          q.label_values(names.PROCESS_MEMORY_USAGE, INSTANCE, var(SERVICE, "service")))
 
 
-def task_variable() -> g.Template:
-    return query_variable("task", "Task type", names.TASK_COUNT, TASK, *S_WORKER)
+def task_variable(q: Promql) -> g.Template:
+    return query_variable("task", "Task type", q.label_values(names.TASK_COUNT, TASK, *S_WORKER))
 
 
-def version_variable(name: str, label: str) -> g.Template:
-    return query_variable(name, label, names.PROCESS_MEMORY_USAGE, VERSION, var(SERVICE, "service"),
-                          multi=False)
+def version_variable(q: Promql, name: str, label: str) -> g.Template:
+    query = q.label_values(names.PROCESS_MEMORY_USAGE, VERSION, var(SERVICE, "service"))
+    return query_variable(name, label, query, multi=False)
 
 
 def window_variable(default: str = "1h") -> g.Template:
@@ -249,7 +231,7 @@ def window_variable(default: str = "1h") -> g.Template:
 
 
 # --------------------------------------------------------------------------------------------------
-# Thresholds (Grafana's steps: the first has value null)
+# Thresholds (Grafana's steps: the first has value null). Those mirroring an alert are in thresholds.py.
 
 
 def steps(*pairs: tuple[str, float | None]) -> list[dict]:
@@ -267,10 +249,6 @@ TASKS_PER_S = "suffix: tasks/s"
 OBJECTS_PER_S = "suffix: objects/s"
 COLLECTIONS_PER_S = "suffix: collections/s"
 
-HOUR = 3600.0
-TTL_STEPS = steps(("red", None), ("orange", 6 * HOUR), ("green", 24 * HOUR))
-SLOPE_STEPS = steps(("green", None), ("orange", 1024), ("red", 16384))  # bytes/s: 3.5 MiB/h, 56 MiB/h
-SHARE_STEPS = steps(("green", None), ("orange", 0.8), ("red", 0.9))
 VERDICT_STEPS = steps(("green", None), ("red", 1))
 VERDICT_MAPPINGS = [
     {

@@ -7,8 +7,10 @@ fleet loses through each, and whether a service version uses more memory than an
 
 from __future__ import annotations
 
+from dashboards.mixin import Mixin
 from otel_leak import names
 
+from . import thresholds as th
 from .core import (
     ALERT_NAMES,
     ALERTS_SERIES,
@@ -20,8 +22,6 @@ from .core import (
     NO_TASK,
     NONE,
     PID,
-    PROCESS,
-    PROCESS_V,
     RATIO,
     RULE_FLOOR,
     RULE_FLOOR_SLOPE,
@@ -31,9 +31,7 @@ from .core import (
     S_SERVICE,
     SECONDS,
     SERVICE,
-    SLOPE_STEPS,
     TASK,
-    TTL_STEPS,
     UIDS,
     VERDICT_STEPS,
     VERSION,
@@ -43,15 +41,12 @@ from .core import (
     data_link,
     datasource_variable,
     eq,
-    floor_slope,
     legend,
     links_override,
     max_by,
     proc_legend,
     regex,
     rename_unit,
-    rule,
-    sel,
     service_variable,
     stat,
     sum_by,
@@ -60,16 +55,17 @@ from .core import (
     timeseries,
     window_variable,
 )
+from .promql import Promql
 
 F = S_SERVICE
 BY_TASK = (SERVICE, TASK)
 BY_VERSION = (SERVICE, VERSION)
 
 
-def firing_alerts() -> str:
+def firing_alerts(q: Promql) -> str:
     """Firing otel-leak alerts (Prometheus' ALERTS series) of the selected services. The service-level
     telemetry-absent alert has no instance but has service_name; "|" also keeps alerts without it."""
-    return sel(
+    return q.sel(
         ALERTS_SERIES,
         eq("alertstate", "firing"),
         regex("alertname", "|".join(ALERT_NAMES)),
@@ -77,14 +73,22 @@ def firing_alerts() -> str:
     )
 
 
+def hidden_process_labels(process: tuple[str, ...]) -> dict[str, bool]:
+    """Table columns to hide: the process labels other than the ones shown (service, instance, pid, version)."""
+    return {label: True for label in process if label not in (SERVICE, INSTANCE, PID, VERSION)}
+
+
 def worker_links(field: str) -> dict:
     return links_override(field, data_link("Open this worker", UIDS["worker"], ("service", SERVICE),
                                            ("instance", INSTANCE)))
 
 
-def build():
+def build(m: Mixin):
+    q = Promql(m)
+    # the Mixin's process labels, and query builders that put its selector on every otel-leak series
+    P, sel, rule = q.process, q.sel, q.rule
     lay = Layout()
-    processes = f"count({max_by(PROCESS, sel(names.PROCESS_MEMORY_USAGE, *F))})"
+    processes = f"count({max_by(P, sel(names.PROCESS_MEMORY_USAGE, *F))})"
 
     lay.row("Fleet at a glance")
     lay.add(stat(
@@ -107,39 +111,40 @@ def build():
         "otel-leak alerts firing now for the selected services (Prometheus ALERTS). Each has a runbook_url: "
         "follow it. Zero alerts while the detector flags workers means the alerts' 'for' durations have not "
         "elapsed yet (or the rules are not loaded into this Prometheus).",
-        [target(f"count({firing_alerts()})", "firing")],
+        [target(f"count({firing_alerts(q)})", "firing")],
         COUNT, thresholds=VERDICT_STEPS, no_value="0",
     ), w=4, h=5)
     lay.add(stat(
         "Soonest memory limit",
         "The shortest time until any worker process's memory floor reaches its limit at the current slope "
-        "(the recording rule behind OtelLeakMemoryFillingUp). Red under 6 h, orange under 24 h. Recycle that "
+        f"(the recording rule behind OtelLeakMemoryFillingUp). {th.time_to_limit_text(m)} Recycle that "
         "worker before it is OOM-killed mid-task, then find the leak.",
-        [target(f"min({rule(RULE_TIME_TO_LIMIT, F, PROCESS)})", "soonest")],
-        SECONDS, thresholds=TTL_STEPS, no_value="none growing",
+        [target(f"min({rule(RULE_TIME_TO_LIMIT, F, P)})", "soonest")],
+        SECONDS, thresholds=th.time_to_limit_steps(m), no_value="none growing",
     ), w=5, h=5)
     lay.add(stat(
         "Fastest floor growth",
         "The steepest memory-floor slope among the worker processes (the recording rule behind "
         "OtelLeakMemoryFloorGrowing). Compare with the service's usual value; a step up after a deploy "
-        "points at the new release (Release comparison dashboard).",
-        [target(f"max({rule(RULE_FLOOR_SLOPE, F, PROCESS)})", "fastest")],
-        BYTES_PER_S, thresholds=SLOPE_STEPS,
+        f"points at the new release (Release comparison dashboard). {th.floor_slope_text(m)}",
+        [target(f"max({rule(RULE_FLOOR_SLOPE, F, P)})", "fastest")],
+        BYTES_PER_S, thresholds=th.floor_slope_steps(m),
     ), w=5, h=5)
 
     lay.row("Workers ranked")
     lay.add(table(
         "Worker processes ranked by floor slope",
         "One row per worker process, steepest memory-floor growth first: the floor slope and the time until "
-        "the memory limit as the alerts compute them, the floor, and the floor's share of the limit. Click "
+        "the memory limit as the alerts compute them, the floor and its share of the limit (the recording "
+        "rule's floor, as OtelLeakMemoryFillingUp divides it). Click "
         "an instance to open it on the Worker dashboard. Processes at the top with a short time to limit are "
         "the ones to recycle first; if all processes of one version are at the top, compare releases.",
         [
-            target(rule(RULE_FLOOR_SLOPE, F, PROCESS_V), instant=True, table=True),
-            target(rule(RULE_TIME_TO_LIMIT, F, PROCESS_V), instant=True, table=True),
-            target(rule(RULE_FLOOR, F, PROCESS_V), instant=True, table=True),
-            target(f"{max_by(PROCESS_V, sel(names.MEMORY_FLOOR, *F))} / {max_by(PROCESS_V, sel(names.MEMORY_LIMIT, *F))}",
-                   instant=True, table=True),
+            target(rule(RULE_FLOOR_SLOPE, F, P), instant=True, table=True),
+            target(rule(RULE_TIME_TO_LIMIT, F, P), instant=True, table=True),
+            target(rule(RULE_FLOOR, F, P), instant=True, table=True),
+            target(f"{rule(RULE_FLOOR, F, P)} / {max_by(P, sel(names.MEMORY_LIMIT, *F))}", instant=True,
+                   table=True),
         ],
         BYTES_PER_S,
         overrides=[
@@ -150,33 +155,34 @@ def build():
             worker_links(INSTANCE),
         ],
         sort_by="floor slope",
-        organize={"excludeByName": {"Time": True, "job": True, "instance": True},
+        organize={"excludeByName": {"Time": True, **hidden_process_labels(P)},
                   "indexByName": {SERVICE: 0, INSTANCE: 1, PID: 2, VERSION: 3}},
     ), w=14, h=10)
     lay.add(timeseries(
         "Time until memory limit (10 soonest)",
         "Per worker process, how long until the memory floor reaches the memory limit at its current slope; "
         "only processes whose floor grows and that know their limit. Lines falling towards the red band "
-        "will be OOM-killed: recycle them and follow the OtelLeakMemoryFillingUp runbook.",
-        [target(f"bottomk(10, {rule(RULE_TIME_TO_LIMIT, F, PROCESS)})", legend(SERVICE) + " " + proc_legend())],
-        SECONDS, thresholds=TTL_STEPS, threshold_style="line+area", fill=0,
+        "will be OOM-killed: recycle them and follow the OtelLeakMemoryFillingUp runbook. "
+        + th.time_to_limit_text(m),
+        [target(f"bottomk(10, {rule(RULE_TIME_TO_LIMIT, F, P)})", legend(SERVICE) + " " + proc_legend())],
+        SECONDS, thresholds=th.time_to_limit_steps(m), threshold_style="line+area", fill=0,
     ), w=10, h=10)
     lay.add(timeseries(
         "Memory floor slope per worker process (10 steepest)",
         "Slope of each process's memory floor (lowest resident memory over the floor window). The floor "
         "ignores the GC sawtooth, so a slope that stays positive is memory never given back. A slope that "
-        "jumps and returns to zero is a one-off step (a cache filled once).",
-        [target(f"topk(10, {rule(RULE_FLOOR_SLOPE, F, PROCESS)})", legend(SERVICE) + " " + proc_legend())],
-        BYTES_PER_S, thresholds=SLOPE_STEPS, threshold_style="line", fill=0,
+        f"jumps and returns to zero is a one-off step (a cache filled once). {th.floor_slope_text(m)}",
+        [target(f"topk(10, {rule(RULE_FLOOR_SLOPE, F, P)})", legend(SERVICE) + " " + proc_legend())],
+        BYTES_PER_S, thresholds=th.floor_slope_steps(m), threshold_style="line", fill=0,
     ), w=12, h=8)
     lay.add(timeseries(
         "Service floor slope of mature processes (restart-proof)",
         "Mean floor slope of each service's processes that are past warm-up and have not restarted: the "
         "signal of OtelLeakFleetMemoryGrowing. Restarts (deploys, max-tasks-per-child, OOM kills) hide a "
         "leak from every single process's long-window slope; this line still shows it. Positive for hours: "
-        "the service leaks even if no worker lives long enough to page.",
-        [target(max_by((SERVICE,), sel(RULE_SERVICE_MATURE_SLOPE, *F)), legend(SERVICE))],
-        BYTES_PER_S, thresholds=SLOPE_STEPS, threshold_style="line", fill=0,
+        f"the service leaks even if no worker lives long enough to page. {th.fleet_slope_text(m)}",
+        [target(rule(RULE_SERVICE_MATURE_SLOPE, F, q.service), legend(SERVICE))],
+        BYTES_PER_S, thresholds=th.fleet_slope_steps(m), threshold_style="line", fill=0,
     ), w=12, h=8)
 
     lay.row("Alerts")
@@ -185,19 +191,19 @@ def build():
         "otel-leak alerts firing now, with their severity and the worker and task type they name. The "
         "runbook linked by each alert says how to confirm and what to do, from recycling the worker to "
         "rolling back the release. Empty is the normal state.",
-        [target(firing_alerts(), instant=True, table=True)],
+        [target(firing_alerts(q), instant=True, table=True)],
         NONE,
         overrides=[worker_links(INSTANCE)],
         sort_by="severity",
         organize={"excludeByName": {"Time": True, "Value": True, "__name__": True, "alertstate": True,
-                                    "job": True, "instance": True}},
+                                    **hidden_process_labels(P)}},
     ), w=14, h=8)
     lay.add(timeseries(
         "Leak alerts firing over time",
         "How many otel-leak alerts of each name and severity fire over time. An alert that flaps (fires and "
         "resolves repeatedly) on a worker that is recycled regularly still means a leak: the fleet-wide "
         "signal is the one to trust.",
-        [target(f"count by (alertname, severity) ({firing_alerts()})", legend("alertname", "severity"))],
+        [target(f"count by (alertname, severity) ({firing_alerts(q)})", legend("alertname", "severity"))],
         COUNT, interpolation="stepAfter", fill=0,
     ), w=10, h=8)
 
@@ -242,7 +248,7 @@ def build():
         "Mean resident memory of a worker process, per service version. During a rollout the new version "
         "should sit at the old one's level; a version that climbs away from it is the suspect: compare them "
         "on the Release comparison dashboard and roll back if it keeps climbing.",
-        [target(f"avg by ({SERVICE}, {VERSION}) ({max_by(PROCESS_V, sel(names.PROCESS_MEMORY_USAGE, *F))})",
+        [target(f"avg by ({SERVICE}, {VERSION}) ({max_by(P, sel(names.PROCESS_MEMORY_USAGE, *F))})",
                 legend(SERVICE, VERSION))],
         BYTES, fill=0,
     ), w=8, h=8)
@@ -250,7 +256,7 @@ def build():
         "Memory floor per process by version (mean)",
         "Mean memory floor of a worker process, per version: the part of memory that garbage collection "
         "cannot give back. This is the comparison that matters for leaks; RSS alone moves with load.",
-        [target(f"avg by ({SERVICE}, {VERSION}) ({max_by(PROCESS_V, sel(names.MEMORY_FLOOR, *F))})",
+        [target(f"avg by ({SERVICE}, {VERSION}) ({max_by(P, sel(names.MEMORY_FLOOR, *F))})",
                 legend(SERVICE, VERSION))],
         BYTES, fill=0,
     ), w=8, h=8)
@@ -258,20 +264,20 @@ def build():
         "Floor slope by version (mean)",
         "Mean memory-floor slope per version, over the dashboard's slope window. A new version with a "
         "clearly positive slope where the old one is flat introduced a leak: roll back or feature-flag the "
-        "task type the detector names.",
-        [target(f"avg by ({SERVICE}, {VERSION}) ({floor_slope(F)})", legend(SERVICE, VERSION))],
-        BYTES_PER_S, thresholds=SLOPE_STEPS, threshold_style="line", fill=0,
+        f"task type the detector names. {th.floor_slope_text(m)}",
+        [target(f"avg by ({SERVICE}, {VERSION}) ({q.floor_slope(F)})", legend(SERVICE, VERSION))],
+        BYTES_PER_S, thresholds=th.floor_slope_steps(m), threshold_style="line", fill=0,
     ), w=8, h=8)
     lay.add(timeseries(
         "Worker processes per version",
         "Worker processes reporting, per service version: shows rollouts and restarts. Read the memory "
         "panels above against it (a version with one process is a small sample).",
-        [target(f"count by ({SERVICE}, {VERSION}) ({max_by(PROCESS_V, sel(names.PROCESS_MEMORY_USAGE, *F))})",
+        [target(f"count by ({SERVICE}, {VERSION}) ({max_by(P, sel(names.PROCESS_MEMORY_USAGE, *F))})",
                 legend(SERVICE, VERSION))],
         COUNT, interpolation="stepAfter", fill=0,
     ), w=24, h=6)
 
-    variables = [datasource_variable(), service_variable(), window_variable()]
+    variables = [datasource_variable(), service_variable(q), window_variable()]
     return dashboard(
         "fleet",
         "All workers of the selected services: ranked by memory-floor growth and time until their memory "

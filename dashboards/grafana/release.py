@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from dashboards.mixin import Mixin
 from otel_leak import names
 
+from . import thresholds as th
 from .core import (
     BYTES,
     BYTES_PER_S,
@@ -24,28 +26,23 @@ from .core import (
     VERDICT_STEPS,
     VERSION,
     WORKER,
-    PROCESS_V,
     PID,
     RULE_TASK_NET_GROWTH_PER_CALL,
     Layout,
     dashboard,
     datasource_variable,
     eq,
-    floor_slope,
-    histogram_quantile,
     legend,
     max_by,
-    rule,
-    sel,
     service_variable,
     stat,
     target,
-    task_rate,
     timeseries,
     var,
     version_variable,
     window_variable,
 )
+from .promql import Promql
 
 SIDES = (("A", "version_a"), ("B", "version_b"))
 
@@ -68,7 +65,10 @@ def pair(lay: Layout, title: str, description: str, unit: str,
             lay.add(panel, w=12, h=h)
 
 
-def build():
+def build(m: Mixin):
+    q = Promql(m)
+    # the Mixin's process labels, and query builders that put its selector on every otel-leak series
+    P, sel = q.process, q.sel
     lay = Layout()
 
     lay.row("Summary (A left, B right)")
@@ -78,24 +78,26 @@ def build():
          kind="stat", h=5, thresholds=VERDICT_STEPS, no_value="0")
     pair(lay, "mean floor slope", "Mean memory-floor slope of this version's workers over the slope window. "
          "After a fix, B should be near zero where A was clearly positive; if not, the fix did not remove the "
-         "leak (or not all of it).", BYTES_PER_S,
-         lambda s: [target(f"avg({floor_slope(s)})", "mean slope")], kind="stat", h=5)
+         f"leak (or not all of it). {th.floor_slope_text(m)}", BYTES_PER_S,
+         lambda s: [target(f"avg({q.floor_slope(s)})", "mean slope")], kind="stat", h=5,
+         thresholds=th.floor_slope_steps(m))
 
     lay.row("Memory")
     pair(lay, "resident memory and floor per worker (mean)", "Mean resident memory and memory floor of a "
          "worker of this version. Same load, same shape expected; a floor that separates from the other "
          "version's is retained memory.", BYTES,
          lambda s: [
-             target(f"avg({max_by(PROCESS_V, sel(names.PROCESS_MEMORY_USAGE, *s))})", "RSS (mean)"),
-             target(f"avg({max_by(PROCESS_V, sel(names.MEMORY_FLOOR, *s))})", "floor (mean)"),
+             target(f"avg({max_by(P, sel(names.PROCESS_MEMORY_USAGE, *s))})", "RSS (mean)"),
+             target(f"avg({max_by(P, sel(names.MEMORY_FLOOR, *s))})", "floor (mean)"),
          ])
     pair(lay, "floor slope per worker", "Memory-floor slope of each worker of this version (deriv over the "
-         "slope window). Flat around zero is healthy; a steady positive line is a leak.", BYTES_PER_S,
-         lambda s: [target(floor_slope(s, PROCESS_V), legend(INSTANCE) + " pid {{" + PID + "}}")])
+         f"slope window). Flat around zero is healthy; a steady positive line is a leak. {th.floor_slope_text(m)}",
+         BYTES_PER_S, lambda s: [target(q.floor_slope(s), legend(INSTANCE) + " pid {{" + PID + "}}")],
+         thresholds=th.floor_slope_steps(m), threshold_style="line")
     pair(lay, "Python heap blocks per worker (mean)", "Mean allocated Python blocks per worker. A version "
          "whose block count keeps climbing leaks Python objects; equal block counts with diverging memory "
          "point at native memory.", COUNT,
-         lambda s: [target(f"avg({max_by(PROCESS_V, sel(names.HEAP_BLOCKS, *s))})", "heap blocks (mean)")])
+         lambda s: [target(f"avg({max_by(P, sel(names.HEAP_BLOCKS, *s))})", "heap blocks (mean)")])
 
     lay.row("Task types")
     pair(lay, "retained bytes per call by task type", "The detector's retained bytes per call for each "
@@ -106,24 +108,24 @@ def build():
          "histograms (naive and neighbour-sensitive; the alert uses the detector), worst process, by task type. "
          "Compare the same task type across versions: the difference is what the change costs per call.",
          BYTES,
-         lambda s: [target(rule(RULE_TASK_NET_GROWTH_PER_CALL, s, (TASK,)), legend(TASK))])
+         lambda s: [target(q.rule(RULE_TASK_NET_GROWTH_PER_CALL, s, (TASK,)), legend(TASK))])
     pair(lay, "tasks per second by task type", "Task rate by type for this version. Compare retention only "
          "between versions doing comparable work: a canary with a tenth of the traffic leaks a tenth as fast.",
          TASKS_PER_S,
-         lambda s: [target(task_rate(s, (TASK,)), legend(TASK))])
+         lambda s: [target(q.task_rate(s, (TASK,)), legend(TASK))])
 
     lay.row("Garbage collector")
     pair(lay, "GC pause p99 by generation", "99th percentile garbage-collection pause per generation. "
          "Longer full (generation 2) pauses in one version mean more live objects: a Python-object leak or a "
          "bigger static heap.", SECONDS,
-         lambda s: [target(histogram_quantile(0.99, names.GC_PAUSE, s, (GENERATION,)),
+         lambda s: [target(q.histogram_quantile(0.99, names.GC_PAUSE, s, (GENERATION,)),
                            legend(GENERATION, prefix="p99 gen"))])
 
     variables = [
         datasource_variable(),
-        service_variable(multi=False),
-        version_variable("version_a", "Version A (baseline)"),
-        version_variable("version_b", "Version B (canary / fix)"),
+        service_variable(q, multi=False),
+        version_variable(q, "version_a", "Version A (baseline)"),
+        version_variable(q, "version_b", "Version B (canary / fix)"),
         window_variable(),
     ]
     return dashboard(

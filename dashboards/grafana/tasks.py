@@ -7,6 +7,7 @@ that grew memory); how often does each task type run.
 
 from __future__ import annotations
 
+from dashboards.mixin import Mixin
 from otel_leak import names
 
 from .core import (
@@ -29,29 +30,29 @@ from .core import (
     data_link,
     datasource_variable,
     heatmap,
-    histogram_quantile,
     instance_variable,
     legend,
     links_override,
     max_by,
-    rate,
     rename_unit,
-    rule,
-    sel,
     service_variable,
     sum_by,
     table,
     target,
-    task_rate,
     task_variable,
     timeseries,
 )
+from .promql import Promql
 
 T = S_TASK
 BY_TASK = (SERVICE, TASK)
 
 
-def build():
+def build(m: Mixin):
+    q = Promql(m)
+    # the Mixin's process labels, and query builders that put its selector on every otel-leak series
+    P, sel, rule, rate, task_rate, histogram_quantile = (
+        q.process, q.sel, q.rule, q.rate, q.task_rate, q.histogram_quantile)
     lay = Layout()
 
     lay.row("Retention by task type")
@@ -105,8 +106,7 @@ def build():
         "Around zero for healthy task types. Persistently "
         "positive for one type only: that type retains memory. Positive for all types at once: something "
         "shared grows (a global cache, fragmentation): look at the Worker dashboard.",
-        [target(rule(RULE_TASK_NET_GROWTH_RATE, T, (SERVICE, INSTANCE, PID, TASK)),
-                legend(TASK, INSTANCE, PID))],
+        [target(rule(RULE_TASK_NET_GROWTH_RATE, T, P + (TASK,)), legend(TASK, INSTANCE, PID))],
         BYTES_PER_S, fill=0,
     ), w=12, h=8)
     lay.add(timeseries(
@@ -170,11 +170,11 @@ def build():
         "Tasks per second by worker process",
         "Completed tasks per second per worker process. Uneven load between processes of one service "
         "explains why one of them leaks faster than the others.",
-        [target(sum_by((SERVICE, INSTANCE, PID), rate(names.TASK_COUNT, T)), legend(SERVICE, INSTANCE, PID))],
+        [target(sum_by(P, rate(names.TASK_COUNT, T)), legend(SERVICE, INSTANCE, PID))],
         TASKS_PER_S, fill=0,
     ), w=24, h=7)
 
-    variables = [datasource_variable(), service_variable(), instance_variable(), task_variable()]
+    variables = [datasource_variable(), service_variable(q), instance_variable(q), task_variable(q)]
     return dashboard(
         "tasks",
         "Per task type: retained bytes per call, resident growth/release heatmaps with exemplars linking to "

@@ -7,8 +7,10 @@ embedded detector conclude, with what confidence, since when.
 
 from __future__ import annotations
 
+from dashboards.mixin import Mixin
 from otel_leak import names
 
+from . import thresholds as th
 from .core import (
     ANY_TASK,
     BYTES,
@@ -21,7 +23,6 @@ from .core import (
     NO_TASK,
     NONE,
     OBJECTS_PER_S,
-    PROCESS,
     RATIO,
     RULE_FLOOR,
     RULE_FLOOR_SLOPE,
@@ -29,25 +30,18 @@ from .core import (
     RULE_TIME_TO_LIMIT,
     S_WORKER,
     SECONDS,
-    SHARE_STEPS,
-    SLOPE_STEPS,
     TASK,
-    TTL_STEPS,
     VERDICT_MAPPINGS,
     VERDICT_STEPS,
     WORKER,
     Layout,
     dashboard,
     datasource_variable,
-    histogram_quantile,
     instance_variable,
     legend,
     limit_override,
     max_by,
     proc_legend,
-    rate,
-    rule,
-    sel,
     service_variable,
     stat,
     steps,
@@ -55,12 +49,16 @@ from .core import (
     target,
     timeseries,
 )
+from .promql import Promql
 
 W = S_WORKER
-GEN = PROCESS + (GENERATION,)
 
 
-def build():
+def build(m: Mixin):
+    q = Promql(m)
+    # the Mixin's process labels, and query builders that put its selector on every otel-leak series
+    P, sel, rule, rate = q.process, q.sel, q.rule, q.rate
+    GEN = P + (GENERATION,)
     lay = Layout()
 
     lay.row("Verdict")
@@ -89,37 +87,35 @@ def build():
         "Floor slope (detector)",
         "Robust slope of the resident-memory floor as the detector estimates it, in bytes per second. "
         "Near zero is healthy; a steady positive value is memory the worker never gives back. Compare with "
-        "the slope the alerts use on the 'Floor slope' panel below: both should agree.",
+        "the slope the alerts use on the 'Floor slope' panel below: both should agree. "
+        + th.floor_slope_text(m),
         [target(max_by(WORKER, sel(names.DETECTOR_FLOOR_SLOPE, *W)), legend(INSTANCE))],
-        BYTES_PER_S, thresholds=SLOPE_STEPS,
+        BYTES_PER_S, thresholds=th.floor_slope_steps(m),
     ), w=4, h=5)
     lay.add(stat(
         "Resident memory",
         "Resident set size (RSS) of each process now. On its own it says little (a GC sawtooth moves it): "
         "read it against the floor and the limit in the panel below.",
-        [target(max_by(PROCESS, sel(names.PROCESS_MEMORY_USAGE, *W)), proc_legend())],
+        [target(max_by(P, sel(names.PROCESS_MEMORY_USAGE, *W)), proc_legend())],
         BYTES,
     ), w=4, h=5)
     lay.add(stat(
         "Floor as share of limit",
-        "Memory floor divided by the memory limit (configured OTEL_PYTHON_LEAK_MEMORY_LIMIT, cgroup "
-        "memory.max or RLIMIT_AS). Orange from 80 %, red from 90 %: at that point the OOM killer is one "
-        "burst away. If it reads 'no limit', the process runs without one and time-to-limit alerts cannot "
-        "fire: set OTEL_PYTHON_LEAK_MEMORY_LIMIT.",
-        [target(
-            f"{max_by(PROCESS, sel(names.MEMORY_FLOOR, *W))} / {max_by(PROCESS, sel(names.MEMORY_LIMIT, *W))}",
-            proc_legend(),
-        )],
-        RATIO, thresholds=SHARE_STEPS, no_value="no limit", decimals=1,
+        "Memory floor (the recording rule's, as the OtelLeakMemoryFillingUp alert divides it) divided by the "
+        "memory limit (configured OTEL_PYTHON_LEAK_MEMORY_LIMIT, cgroup memory.max or RLIMIT_AS). "
+        f"{th.limit_share_text(m)} Near the red the OOM killer is one burst away. If it reads 'no limit', "
+        "the process runs without one and time-to-limit alerts cannot fire: set OTEL_PYTHON_LEAK_MEMORY_LIMIT.",
+        [target(f"{rule(RULE_FLOOR, W, P)} / {max_by(P, sel(names.MEMORY_LIMIT, *W))}", proc_legend())],
+        RATIO, thresholds=th.limit_share_steps(m), no_value="no limit", decimals=1,
     ), w=4, h=5)
     lay.add(stat(
         "Time until memory limit",
         "At the floor's current slope (the recording rule behind the OtelLeakMemoryFillingUp alert), how long "
-        "until the floor reaches the limit. Red under 6 h, orange under 24 h. Empty when the floor is not "
+        f"until the floor reaches the limit. {th.time_to_limit_text(m)} Empty when the floor is not "
         "growing or no limit is known. Recycling the worker buys this much time again; fixing the leak "
         "removes the countdown.",
-        [target(rule(RULE_TIME_TO_LIMIT, W, PROCESS), proc_legend())],
-        SECONDS, thresholds=TTL_STEPS, no_value="not growing / no limit",
+        [target(rule(RULE_TIME_TO_LIMIT, W, P), proc_legend())],
+        SECONDS, thresholds=th.time_to_limit_steps(m), no_value="not growing / no limit",
     ), w=4, h=5)
 
     lay.row("Memory")
@@ -130,9 +126,9 @@ def build():
         "normal garbage collection. When the floor approaches the limit, recycle the worker now and find "
         "the task on the Tasks dashboard.",
         [
-            target(max_by(PROCESS, sel(names.PROCESS_MEMORY_USAGE, *W)), proc_legend("RSS")),
-            target(max_by(PROCESS, sel(names.MEMORY_FLOOR, *W)), proc_legend("floor")),
-            target(max_by(PROCESS, sel(names.MEMORY_LIMIT, *W)), proc_legend("limit")),
+            target(max_by(P, sel(names.PROCESS_MEMORY_USAGE, *W)), proc_legend("RSS")),
+            target(max_by(P, sel(names.MEMORY_FLOOR, *W)), proc_legend("floor")),
+            target(max_by(P, sel(names.MEMORY_LIMIT, *W)), proc_legend("limit")),
         ],
         BYTES, overrides=[limit_override("limit .*")], fill=0,
     ), w=16, h=9)
@@ -141,12 +137,13 @@ def build():
         "Slope of the memory floor in bytes per second: the detector's robust estimate, and the recording "
         "rule the OtelLeakMemoryFloorGrowing alert evaluates (deriv of the Prometheus-side floor). Positive "
         "for hours means a leak; a spike that returns to zero is a one-off step (lazy import, cache fill). "
-        "If the two disagree for long, trust the rule for paging and check the detector's settings.",
+        "If the two disagree for long, trust the rule for paging and check the detector's settings. "
+        + th.floor_slope_text(m),
         [
             target(max_by(WORKER, sel(names.DETECTOR_FLOOR_SLOPE, *W)), legend(INSTANCE, prefix="detector")),
-            target(rule(RULE_FLOOR_SLOPE, W, PROCESS), proc_legend("alert rule")),
+            target(rule(RULE_FLOOR_SLOPE, W, P), proc_legend("alert rule")),
         ],
-        BYTES_PER_S, thresholds=SLOPE_STEPS, threshold_style="line", fill=0,
+        BYTES_PER_S, thresholds=th.floor_slope_steps(m), threshold_style="line", fill=0,
     ), w=8, h=9)
     lay.add(timeseries(
         "Python heap blocks",
@@ -154,7 +151,7 @@ def build():
         "with the floor, the leak is Python objects: the detector's tracemalloc window will name the "
         "allocation site. If RSS climbs and this stays flat, suspect native memory (C extensions) or "
         "allocator fragmentation.",
-        [target(max_by(PROCESS, sel(names.HEAP_BLOCKS, *W)), proc_legend("blocks"))],
+        [target(max_by(P, sel(names.HEAP_BLOCKS, *W)), proc_legend("blocks"))],
         COUNT, fill=0,
     ), w=8, h=8)
     lay.add(timeseries(
@@ -162,7 +159,7 @@ def build():
         "Bytes traced by tracemalloc. Only present during the detector's bounded tier-2 windows (tracemalloc "
         "is too costly to leave on), so gaps are normal. A series here means the detector suspected a leak "
         "and is measuring it.",
-        [target(max_by(PROCESS, sel(names.HEAP_TRACED, *W)), proc_legend("traced"))],
+        [target(max_by(P, sel(names.HEAP_TRACED, *W)), proc_legend("traced"))],
         BYTES, fill=0,
     ), w=8, h=8)
     lay.add(timeseries(
@@ -172,7 +169,7 @@ def build():
         "does not, the leak is native (ctypes/C extension) or fragmentation: tracemalloc cannot see it; "
         "try another allocator (PYTHONMALLOC=malloc with jemalloc) or recycle workers by task count.",
         [target(
-            f"{max_by(PROCESS, sel(names.PROCESS_MEMORY_USAGE, *W))} - {max_by(PROCESS, sel(names.HEAP_TRACED, *W))}",
+            f"{max_by(P, sel(names.PROCESS_MEMORY_USAGE, *W))} - {max_by(P, sel(names.HEAP_TRACED, *W))}",
             proc_legend("native/other"),
         )],
         BYTES, fill=0,
@@ -181,7 +178,7 @@ def build():
         "Virtual memory",
         "Virtual memory size. Grows with mapped files, thread stacks and arenas; it matters when the limit is "
         "RLIMIT_AS. A steady climb with flat RSS usually means mappings or threads that are never released.",
-        [target(max_by(PROCESS, sel(names.PROCESS_MEMORY_VIRTUAL, *W)), proc_legend("virtual"))],
+        [target(max_by(P, sel(names.PROCESS_MEMORY_VIRTUAL, *W)), proc_legend("virtual"))],
         BYTES, fill=0,
     ), w=12, h=8)
     lay.add(timeseries(
@@ -189,7 +186,7 @@ def build():
         "Threads in the process. A count that only grows is a leak of its own (threads started per task "
         "and never joined) and drags thread-local data with it: find who starts them (py-spy dump) and join "
         "or pool them.",
-        [target(max_by(PROCESS, sel(names.PROCESS_THREAD_COUNT, *W)), proc_legend("threads"))],
+        [target(max_by(P, sel(names.PROCESS_THREAD_COUNT, *W)), proc_legend("threads"))],
         COUNT, fill=0,
     ), w=12, h=8)
 
@@ -223,20 +220,19 @@ def build():
         "mean the OtelLeakGCPauseRegression alert compares with the service's own past. Full (generation 2) "
         "pauses grow with the number of live tracked objects, so a leak of Python objects shows up here as "
         "pauses getting longer. Pauses over 100 ms stall every task in the process: fix the leak; gc.freeze() "
-        "after start-up helps when the growth is a large static heap.",
+        f"after start-up helps when the growth is a large static heap. {th.gc_pause_text(m)}",
         [
-            target(histogram_quantile(0.5, names.GC_PAUSE, W, GEN), proc_legend("p50 gen", GENERATION)),
-            target(histogram_quantile(0.99, names.GC_PAUSE, W, GEN), proc_legend("p99 gen", GENERATION)),
+            target(q.histogram_quantile(0.5, names.GC_PAUSE, W, GEN), proc_legend("p50 gen", GENERATION)),
+            target(q.histogram_quantile(0.99, names.GC_PAUSE, W, GEN), proc_legend("p99 gen", GENERATION)),
             target(rule(RULE_GC_PAUSE_MEAN, W, GEN), proc_legend("mean (alert rule) gen", GENERATION)),
         ],
-        SECONDS, thresholds=steps(("green", None), ("orange", 0.05), ("red", 0.1)), threshold_style="line",
-        fill=0,
+        SECONDS, thresholds=th.gc_pause_steps(m), threshold_style="line", fill=0,
     ), w=12, h=8)
     lay.add(timeseries(
         "Time spent in GC",
         "Share of wall-clock time spent in garbage-collection pauses. Above 5 % the collector costs real "
         "throughput; above 10 % it is the bottleneck. Rising with the floor: a leak of Python objects.",
-        [target(sum_by(PROCESS, rate(names.GC_PAUSE, W, suffix="_sum")), proc_legend())],
+        [target(sum_by(P, rate(names.GC_PAUSE, W, suffix="_sum")), proc_legend())],
         RATIO, thresholds=steps(("green", None), ("orange", 0.05), ("red", 0.1)), threshold_style="line", fill=0,
     ), w=12, h=8)
 
@@ -274,13 +270,13 @@ def build():
         "alerts use). They should track each other; a rule floor far above the gauge means the scrape "
         "interval misses the sawtooth's lows: lengthen the rule's floor window.",
         [
-            target(max_by(PROCESS, sel(names.MEMORY_FLOOR, *W)), proc_legend("in-process")),
-            target(rule(RULE_FLOOR, W, PROCESS), proc_legend("rule")),
+            target(max_by(P, sel(names.MEMORY_FLOOR, *W)), proc_legend("in-process")),
+            target(rule(RULE_FLOOR, W, P), proc_legend("rule")),
         ],
         BYTES, fill=0,
     ), w=24, h=7)
 
-    variables = [datasource_variable(), service_variable(), instance_variable()]
+    variables = [datasource_variable(), service_variable(q), instance_variable(q)]
     return dashboard(
         "worker",
         "One worker: resident memory against its floor and limit, Python heap versus native memory, garbage "
