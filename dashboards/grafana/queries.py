@@ -1,6 +1,6 @@
 """Reading the generated dashboards back: their queries, the series and labels they name, and variable
-substitution the way Grafana does it. Used by ``tests/test_dashboards.py`` (static checks) and
-``tests/e2e/test_dashboard_queries.py`` (every query run against the end-to-end Prometheus).
+substitution the way Grafana does it. Used by ``tests/test_dashboards.py`` and ``tests/test_dashboards_mixin.py``
+(static checks) and ``tests/e2e/test_dashboard_queries.py`` (every query run against the end-to-end Prometheus).
 """
 
 from __future__ import annotations
@@ -106,6 +106,31 @@ def series_names(expr: str) -> set[str]:
             continue
         found.add(word)
     return found
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """``(series, matchers)`` for every series selector of a PromQL expression, in order; ``matchers`` is the
+    text between the braces, ``""`` for a bare name."""
+    # Blank out string contents, then the insides of braces and brackets (label names, durations): what is
+    # left is identifiers outside selectors, at the same offsets as in ``expr``.
+    blank = _STRING.sub(lambda s: s.group(0)[0] + " " * (len(s.group(0)) - 2) + s.group(0)[-1], expr)
+    braces = {b.start(): b.end() for b in re.finditer(r"\{[^}]*\}", blank)}
+    outside = re.sub(r"\{[^}]*\}|\[[^\]]*\]", lambda b: " " * len(b.group(0)), blank)
+    series = series_names(expr)
+    out = []
+    for m in _IDENT.finditer(outside):
+        after = blank[m.end():]
+        if m.group(0) not in series or after.lstrip().startswith("("):
+            continue
+        start = m.end() + len(after) - len(after.lstrip())  # the selector's "{", if it has one
+        out.append((m.group(0), expr[start + 1:braces[start] - 1] if start in braces else ""))
+    return out
+
+
+def groupings(expr: str) -> list[tuple[str, ...]]:
+    """The label lists of every by/without/on/ignoring/group_* clause, in order."""
+    text = _STRING.sub('""', _VARIABLE.sub("", expr))
+    return [tuple(x.strip() for x in m.group(2).split(",") if x.strip()) for m in _GROUPING.finditer(text)]
 
 
 def label_names(expr: str) -> set[str]:
