@@ -256,7 +256,9 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     queue.clear()
     if target is None:
         return []
-    chain = [{"type": type(target).__name__, "size": sys.getsizeof(target)}]
+    # (sys.getsizeof would call a class's own __sizeof__: only atoms get it)
+    size = sys.getsizeof(target) if type(target) in _ATOMIC else object.__sizeof__(target)
+    chain = [{"type": type(target).__name__, "size": size}]
     child, cur = target, holder
     complete = False
     while cur is not None and len(chain) < MAX_PATH:
