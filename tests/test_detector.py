@@ -337,7 +337,6 @@ def test_tier2_window_finds_the_site_and_the_task():
     import threading
     import time
 
-    from otel_leak.detector import tier2
 
     stats = FakeStats()
     keep = []
@@ -357,17 +356,26 @@ def test_tier2_window_finds_the_site_and_the_task():
             i += 1
             time.sleep(0.002 * random.random())
 
-    th = threading.Thread(target=worker)
-    th.start()
-    try:
-        res = tier2.run_window(stats, window=0.6, frames=10, tier3=True, tier3_budget=3.0)
-    finally:
-        stop.set()
-        th.join()
+    res = _window_beside(worker, stats, stop, window=0.6, frames=10, tier3=True, tier3_budget=3.0)
     assert res.error is None
     assert res.sites and res.sites[0]["file"] == __file__
     assert res.attribution and res.attribution[0].task == "leaky"
     assert res.retention_paths and "list" in res.retention_paths[0]["text"]
+
+
+def _window_beside(target, stats, stop, **kw):
+    """One tier-2 window run while ``target`` works on its own thread (stopped and joined afterwards)."""
+    import threading
+
+    from otel_leak.detector import tier2
+
+    th = threading.Thread(target=target)
+    th.start()
+    try:
+        return tier2.run_window(stats, **kw)
+    finally:
+        stop.set()
+        th.join()
 
 
 def _keeping_worker(stats, keep, stop, size=20000, name="leaky"):
@@ -388,7 +396,6 @@ def test_tier2_window_ends_early_on_the_tracemalloc_memory_budget():
     snapshot analysis stays bounded; the site is still found."""
     import threading
 
-    from otel_leak.detector import tier2
 
     stats, keep, stop = FakeStats(), [], threading.Event()
 
@@ -401,13 +408,7 @@ def test_tier2_window_ends_early_on_the_tracemalloc_memory_budget():
             stats.total += 1
             time.sleep(0.001)
 
-    th = threading.Thread(target=worker)
-    th.start()
-    try:
-        res = tier2.run_window(stats, window=3.0, frames=10, tier3=False, tier3_budget=0.0, mem_budget=2 * 1024 * 1024)
-    finally:
-        stop.set()
-        th.join()
+    res = _window_beside(worker, stats, stop, window=3.0, frames=10, tier3=False, tier3_budget=0.0, mem_budget=2 * 1024 * 1024)
     assert res.error is None
     assert res.phases["traced_s"] < 2.0, res.phases
     assert res.phases["tracemalloc_bytes"] >= 2 * 1024 * 1024
@@ -424,13 +425,7 @@ def test_tier2_analysis_runs_after_tracing_stopped_when_no_tier3(monkeypatch):
     real = tier2._sites
     monkeypatch.setattr(tier2, "_sites", lambda mid, end, **kw: (seen.append(tracemalloc.is_tracing()), real(mid, end))[1])
     stats, keep, stop = FakeStats(), [], threading.Event()
-    th = threading.Thread(target=_keeping_worker(stats, keep, stop))
-    th.start()
-    try:
-        res = tier2.run_window(stats, window=0.4, frames=10, tier3=False, tier3_budget=0.0)
-    finally:
-        stop.set()
-        th.join()
+    res = _window_beside(_keeping_worker(stats, keep, stop), stats, stop, window=0.4, frames=10, tier3=False, tier3_budget=0.0)
     assert res.error is None and seen == [False] and res.sites
     assert not tracemalloc.is_tracing()
 
@@ -614,13 +609,7 @@ def test_tier2_window_goes_on_until_it_has_seen_enough_tasks():
                 stats.total += 1
                 time.sleep(0.002)
 
-    th = threading.Thread(target=batches)
-    th.start()
-    try:
-        res = tier2.run_window(stats, window=0.3, frames=10, tier3=False, tier3_budget=0.0)
-    finally:
-        stop.set()
-        th.join()
+    res = _window_beside(batches, stats, stop, window=0.3, frames=10, tier3=False, tier3_budget=0.0)
     assert res.error is None and res.informative, (res.tasks, res.phases)
     assert res.tasks >= tier2.MIN_TASKS and res.phases["traced_s"] <= tier2.STRETCH_S + 0.3
     assert res.sites and res.sites[0]["file"] == __file__
@@ -634,7 +623,7 @@ def test_tier2_names_the_leaker_next_to_a_neighbour_with_large_transient_buffers
     import threading
     import time
 
-    from otel_leak.detector import suspects, tier2
+    from otel_leak.detector import suspects
 
     stats, keep, stop = FakeStats(), [], threading.Event()
     rnd = random.Random(11)
@@ -655,13 +644,7 @@ def test_tier2_names_the_leaker_next_to_a_neighbour_with_large_transient_buffers
             stats.counts[name] = stats.counts.get(name, 0) + 1
             stats.total += 1
 
-    th = threading.Thread(target=child)
-    th.start()
-    try:
-        res = tier2.run_window(stats, window=1.0, frames=10, tier3=False, tier3_budget=0.0)
-    finally:
-        stop.set()
-        th.join()
+    res = _window_beside(child, stats, stop, window=1.0, frames=10, tier3=False, tier3_budget=0.0)
     assert res.error is None and res.informative
     sig = [a.task for a in res.attribution if a.significant(suspects.T2_MIN_T)]
     assert sig == ["remember"], res.attribution
