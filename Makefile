@@ -1,5 +1,5 @@
 # The two commands the README starts with. Both do all the set-up they need on a fresh machine.
-.PHONY: demo test venv services
+.PHONY: demo test venv services generate
 
 venv:
 	bash scripts/setup-python.sh
@@ -13,4 +13,23 @@ demo: venv
 
 # The whole test suite, with the real Redis, Prometheus, Alertmanager and collector.
 test: venv services
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q --durations=30
+
+# Every generated file from its sources (dashboards/mixin.py, otel_leak/names.py, collector/, ...): Prometheus
+# rules, Grafana dashboards and Grafana-managed alerting, the Kubernetes manifests (deploy/k8s/generate.py reads
+# the committed generated files) and canary-analysis templates (deploy/k8s/rollouts.py, from otel_leak/gate.py);
+# then promtool checks every rule file, and the README's settings table is rewritten from otel_leak.config.
+# tests/test_grafana_alerts.py runs it with GENERATED and K8S_OUT in a temp dir and compares with the committed files.
+PYTHON ?= .venv/bin/python
+PROMTOOL ?= $(shell command -v promtool || echo /usr/bin/promtool)
+GENERATED ?= dashboards/generated
+K8S_OUT ?= deploy/k8s
+README ?= README.md
+generate:
+	$(PYTHON) -m dashboards.rules --out $(GENERATED)
+	$(PYTHON) -m dashboards.grafana --out $(GENERATED)/grafana
+	$(PYTHON) deploy/k8s/generate.py --out $(K8S_OUT)
+	$(PYTHON) deploy/k8s/rollouts.py --out $(K8S_OUT)/rollouts
+	$(PROMTOOL) check rules $(GENERATED)/prometheus-rules.yaml $(GENERATED)/prometheus-rules.test.yaml \
+		$(GENERATED)/grafana/prometheus-recording-rules.yaml
+	$(PYTHON) -m otel_leak.config --write $(README)

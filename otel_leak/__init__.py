@@ -28,6 +28,8 @@ def instrument(tracer_provider=None, meter_provider=None, logger_provider=None) 
     Without a ``tracer_provider`` and with no global one set yet (no opentelemetry-distro, no SDK set-up of
     the application's own), it first sets up the SDK's providers from the ``OTEL_*`` variables, exporting
     only where ``OTEL_<SIGNAL>_EXPORTER`` says so. Call it after the application's own set-up, if any.
+    Installed worker frameworks (RQ, Dramatiq, arq, Huey, taskiq) get their task spans
+    (:mod:`otel_leak.integrations`), except those named in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``.
     """
     from otel_leak.instrumentor import LeakInstrumentor
 
@@ -40,10 +42,19 @@ def instrument(tracer_provider=None, meter_provider=None, logger_provider=None) 
         )
         if v is not None
     }
-    LeakInstrumentor().instrument(set_up_sdk=True, **kwargs)
+    if LeakInstrumentor.runtime is None:  # already attached (opentelemetry-instrument, an earlier call): as is
+        LeakInstrumentor().instrument(set_up_sdk=True, **kwargs)
+    # Task spans for the worker frameworks installed here, as opentelemetry-instrument would load them;
+    # OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names the ones to leave out, as it does there.
+    from otel_leak.integrations import disabled_by_env, instrument_all
+
+    instrument_all(disabled_by_env())
 
 
 def uninstrument() -> None:
     from otel_leak.instrumentor import LeakInstrumentor
 
     LeakInstrumentor().uninstrument()
+    from otel_leak.integrations import uninstrument_all
+
+    uninstrument_all()

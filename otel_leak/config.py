@@ -197,5 +197,33 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def write_table(path: str) -> bool:
+    """Replace the settings table in the Markdown file at ``path`` (the block of table rows that starts
+    with the same header) with :func:`markdown_table`; whether the file changed."""
+    table = markdown_table()
+    header = table.splitlines()[0]
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    start = lines.index(header)  # ValueError: the file has no settings table
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    new = lines[:start] + table.split("\n") + lines[end:]
+    if new == lines:
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(new))
+    return True
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    # The imported module, not this __main__ copy: the detector declares its settings into that one.
+    from otel_leak import config as _config
+
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        changed = _config.write_table(sys.argv[2])
+        print(f"{sys.argv[2]}: settings table {'rewritten' if changed else 'already current'}")
+    else:
+        print(_config.markdown_table())

@@ -56,6 +56,7 @@ class Runtime:
             self.processor.stats,
             interval=config.get(config.SAMPLE_INTERVAL),
             floor_window=config.get(config.FLOOR_WINDOW),
+            restart_on_fork=False,  # _after_fork_last starts it, once every part has reset
         )
         self.metrics = ProcessMetrics(
             meter,
@@ -76,7 +77,31 @@ class Runtime:
         # tasks that run meanwhile are counted from it (attached after, it would wait a whole interval).
         self.detector = None
         self._attach_detector(meter, logger_provider)
+        self._meter_provider = meter_provider
+        try:
+            from otel_leak import _sdk
+
+            _sdk.CollectForkGuard(meter_provider).register()
+        except Exception:
+            pass
+        if hasattr(os, "register_at_fork"):
+            # Registered last, so it runs after every part's own reset (hooks run in registration order).
+            os.register_at_fork(after_in_child=self._after_fork_last)
         self.sampler.start()
+
+    def _after_fork_last(self) -> None:
+        """In a forked child, after the parts have reset: renew the SDK locks a parent thread may have held at
+        the fork, then start the sampler (its first tick must not meet the detector half reset)."""
+        try:
+            from otel_leak import _sdk
+
+            _sdk.renew_locks_after_fork(self._meter_provider)
+        except Exception:
+            pass
+        try:
+            self.sampler.resume_after_fork()
+        except Exception:
+            pass
 
     def _attach_detector(self, meter, logger_provider) -> None:
         try:

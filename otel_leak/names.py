@@ -220,3 +220,11 @@ LABEL_TEAM = "team"
 # --------------------------------------------------------------------------------------------------
 # Settings (OTEL_PYTHON_LEAK_*); defaults and parsing live in otel_leak.config
 ENV_PREFIX = "OTEL_PYTHON_LEAK_"
+
+# --------------------------------------------------------------------------------------------------
+# Messaging semantic conventions, set on the task spans otel-leak's framework integrations make
+ATTR_MESSAGING_SYSTEM = "messaging.system"  # "rq", "dramatiq", "arq", "huey", "taskiq"
+ATTR_MESSAGING_OPERATION_TYPE = "messaging.operation.type"  # always "process" here
+ATTR_MESSAGING_OPERATION_NAME = "messaging.operation.name"
+ATTR_MESSAGING_DESTINATION = "messaging.destination.name"  # the queue
+ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"  # the job / message id

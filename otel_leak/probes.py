@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import gc
 import logging
+import math
 import os
 import resource
 import sys
@@ -158,6 +159,10 @@ class GcProbe:
     """
 
     MAX_BUFFERED = 4096
+    # The pause distribution per generation, for baselines: counts in buckets whose upper bounds double
+    # from 10 us (the last one open), the largest pause and the total (bounded: 3 x 21 ints).
+    PAUSE_BOUNDS = tuple(1e-5 * 2**k for k in range(20))
+    active: "GcProbe | None" = None  # the probe installed last (the runtime's): what reports read
 
     def __init__(self, timed: bool = True) -> None:
         self.disabled = False
@@ -166,13 +171,23 @@ class GcProbe:
         self._pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=self.MAX_BUFFERED)
         self._started = 0.0
         self._installed = False
+        self._reset_distribution()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset_distribution)  # a child's pauses are its own
         if timed:
             self.install()
+
+    def _reset_distribution(self) -> None:
+        n = len(self.PAUSE_BOUNDS) + 1
+        self.pause_buckets = [[0] * n for _ in range(3)]
+        self.pause_max = [0.0, 0.0, 0.0]
+        self.pause_sum = [0.0, 0.0, 0.0]
 
     def install(self) -> None:
         if not self._installed:
             gc.callbacks.append(self._callback)
             self._installed = True
+            GcProbe.active = self
 
     def uninstall(self) -> None:
         if self._installed:
@@ -181,6 +196,8 @@ class GcProbe:
             except ValueError:
                 pass
             self._installed = False
+            if GcProbe.active is self:
+                GcProbe.active = None
 
     def _callback(self, phase: str, info: dict) -> None:
         try:
@@ -190,7 +207,14 @@ class GcProbe:
                 pause = time.perf_counter() - self._started
                 self.collections += 1
                 self.pause_total += pause
-                self._pauses.append((info["generation"], pause))
+                gen = info["generation"]
+                self._pauses.append((gen, pause))
+                if 0 <= gen < 3:
+                    i = 0 if pause <= 1e-5 else min(len(self.PAUSE_BOUNDS), math.ceil(math.log2(pause / 1e-5)))
+                    self.pause_buckets[gen][i] += 1
+                    self.pause_sum[gen] += pause
+                    if pause > self.pause_max[gen]:
+                        self.pause_max[gen] = pause
         except Exception as exc:  # pragma: no cover - defensive: never raise inside the GC
             self.disabled = True
             self.uninstall()
@@ -204,6 +228,11 @@ class GcProbe:
                 out.append(pop())
         except IndexError:
             return out
+
+    def pause_distribution(self) -> dict:
+        """``{generation: {collections, total_s, max_s, p50_s, p99_s, buckets}}`` since start (or fork)."""
+        return {str(g): summarize_pauses(self.pause_buckets[g], self.pause_sum[g], self.pause_max[g])
+                for g in range(3) if sum(self.pause_buckets[g])}
 
     @staticmethod
     def stats() -> list[dict]:
@@ -243,6 +272,34 @@ def memory_limit(configured: int = 0) -> int | None:
     except Exception:
         pass
     return None
+
+
+def pause_quantile(buckets: list[int], q: float, top: float) -> float | None:
+    """The ``q`` quantile of a pause histogram in :attr:`GcProbe.PAUSE_BOUNDS` buckets, linear within a
+    bucket; ``top`` (the largest pause) bounds the open last bucket."""
+    n = sum(buckets)
+    if n <= 0:
+        return None
+    want, seen, lo = q * n, 0, 0.0
+    bounds = GcProbe.PAUSE_BOUNDS
+    for i, c in enumerate(buckets):
+        hi = bounds[i] if i < len(bounds) else max(top, lo)
+        if c and seen + c >= want:
+            return min(top, lo + (hi - lo) * (want - seen) / c) if top > 0 else lo + (hi - lo) * (want - seen) / c
+        seen += c
+        lo = hi
+    return top
+
+
+def summarize_pauses(buckets: list[int], total: float, top: float) -> dict:
+    return {
+        "collections": int(sum(buckets)),
+        "total_s": round(total, 6),
+        "max_s": round(top, 6),
+        "p50_s": round(pause_quantile(buckets, 0.5, top) or 0.0, 6),
+        "p99_s": round(pause_quantile(buckets, 0.99, top) or 0.0, 6),
+        "buckets": list(buckets),
+    }
 
 
 class FloorTracker:

@@ -55,6 +55,11 @@ IDENTITY_ATTRIBUTES = (
     "code.function.name",
     "code.function",
 )
+# Else, for an HTTP server span (opentelemetry-instrumentation-flask, -starlette, -django, ...): its method and
+# route template, "GET /users/<user_id>", never the path (one identity per user id would fill the task-type
+# cap); a request that matched no route (a 404: Flask then names the span after the raw path) is its method.
+HTTP_ROUTE = "http.route"
+HTTP_METHODS = ("http.request.method", "http.method")  # current semantic conventions, then the older ones
 
 RECENT_TRACES = 8
 
@@ -83,12 +88,35 @@ def create_histogram(meter, metric: names.Metric, buckets):
         return meter.create_histogram(metric.name, unit=metric.unit, description=metric.description)
 
 
+def _http_identity(span, attrs) -> str | None:
+    if span.kind is not SpanKind.SERVER:
+        return None
+    method = attrs.get(HTTP_METHODS[0]) or attrs.get(HTTP_METHODS[1])
+    if not method:
+        return None
+    if method == "_OTHER":  # a method outside the known set, as the instrumentations name its span
+        method = "HTTP"
+    route = attrs.get(HTTP_ROUTE)
+    return f"{method} {route}" if route else str(method)
+
+
 class TaskStats:
     """Counters the detector reads. Bounded by the task-type cap, never by the number of tasks."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.recent_traces: dict[str, collections.deque[int]] = {}
+        # While tracemalloc traces (a tier-2 window): per task type [calls, sum, sum of squares] of the
+        # traced-bytes change of the tasks no other task overlapped (none running as it started, none
+        # starting or ending during it: in a worker that runs one task at a time, every one), and how many
+        # others there were.
+        # ``events`` numbers the starts and ends seen while tracing, ``running`` the tasks started while
+        # tracing that have not ended (set to 0 as a window starts tracing: a task that started in an
+        # earlier window and ended after it stopped never took itself off).
+        self.traced: dict[str, list[float]] = {}
+        self.overlapped = 0
+        self.events = 0
+        self.running = 0
         # Set by the detector: task identity -> span event attributes for that task's spans.
         self.suspects: dict[str, dict] = {}
 
@@ -100,9 +128,24 @@ class TaskStats:
     def trace_ids(self, task: str) -> list[str]:
         return [format(t, "032x") for t in self.recent_traces.get(task, ())]
 
+    def add_traced(self, name: str, delta: int, alone: bool) -> None:
+        """One task's traced-bytes change while tracemalloc traces (``alone``: no other task overlapped it)."""
+        if not alone:
+            self.overlapped += 1
+            return
+        acc = self.traced.get(name)
+        if acc is None:
+            acc = self.traced[name] = [0, 0.0, 0.0]  # bounded like counts: one per task type
+        acc[0] += 1
+        acc[1] += delta
+        acc[2] += delta * delta
+
     def reset(self) -> None:
         self.counts.clear()
         self.recent_traces.clear()
+        self.traced.clear()
+        self.overlapped = 0
+        self.running = 0
         self.suspects = {}
 
 
@@ -173,6 +216,8 @@ class TaskSpanProcessor(SpanProcessor):
                 raw = attrs.get(key)
                 if raw:
                     break
+            else:
+                raw = _http_identity(span, attrs)
         name = str(raw) if raw else span.name
         tt = self._types.get(name)
         if tt is None:
@@ -201,18 +246,32 @@ class TaskSpanProcessor(SpanProcessor):
         try:
             parent = span.parent
             if not ((parent is None or parent.is_remote) and span.kind in self.kinds):
+                # Also a task span: one named by a pattern, or one that says it is (otel_leak.task_span,
+                # the framework integrations), whatever its parent.
                 if self._name_re is None or self._name_re.search(span.name) is None:
-                    return
+                    attrs = getattr(span, "_attributes", None)  # .attributes would copy it into a proxy
+                    if not attrs or _A_TASK not in attrs:
+                        return
             start_rss = self.memory.recent_rss(self.start_max_age)
             if start_rss is None:
                 return
             gcp = self.gc
+            if _is_tracing():
+                stats = self.stats
+                traced = _traced()[0]
+                stats.events = seq = stats.events + 1
+                if stats.running > 0:
+                    seq = 0  # another task is running: this one does not run alone
+                stats.running += 1
+            else:
+                traced = seq = None
             start = (
                 start_rss,
                 gcp.collections,
                 gcp.pause_total,
                 self.heap.blocks() if self.heap_blocks else None,
-                _traced()[0] if _is_tracing() else None,
+                traced,
+                seq,
             )
             if self.on_ending and type(getattr(span, "_attributes", None)) is BoundedAttributes:
                 span._otel_leak_start = start
@@ -231,7 +290,7 @@ class TaskSpanProcessor(SpanProcessor):
             rss = self.memory.rss()
             if rss is None:
                 return
-            start_rss, start_gc, start_pause, start_blocks, start_traced = start
+            start_rss, start_gc, start_pause, start_blocks, start_traced, start_seq = start
             delta = rss - start_rss
             gcp = self.gc
             bounded = getattr(span, "_attributes", None)
@@ -251,15 +310,20 @@ class TaskSpanProcessor(SpanProcessor):
             }
             if start_blocks is not None:
                 attributes[_A_BLOCKS_DELTA] = (self.heap.blocks() or start_blocks) - start_blocks
-            if start_traced is not None and _is_tracing():
-                attributes[_A_TRACED_DELTA] = _traced()[0] - start_traced
+            stats = self.stats
+            if _is_tracing():
+                if start_traced is not None:
+                    traced_delta = attributes[_A_TRACED_DELTA] = _traced()[0] - start_traced
+                    stats.add_traced(name, traced_delta, stats.events == start_seq)
+                    if stats.running > 0:
+                        stats.running -= 1
+                stats.events += 1
             if bounded is not None and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen):
                 # span.set_attributes costs ~3 us (a lock, per-value validation); these values are
                 # known-valid. The same store the exported span reads.
                 store.update(attributes)
             else:
                 span.set_attributes(attributes)
-            stats = self.stats
             counts = stats.counts
             counts[name] = counts.get(name, 0) + 1
             ctx = span.get_span_context()

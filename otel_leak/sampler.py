@@ -46,6 +46,7 @@ TICK_BUDGET = 0.003
 # caches, first-time code paths, a heap full of start-up garbage), and a fast worker's first seconds are
 # when a leak must be seen soonest. Over a run of T seconds the ticks use at most TICK_BUDGET * T plus this.
 TICK_ALLOWANCE = 0.02
+DRAIN_EVERY = 0.25  # seconds: the drains run at least this often, however long the ticks must wait
 
 
 class Sampler:
@@ -56,7 +57,12 @@ class Sampler:
         stats,  # otel_leak.processor.TaskStats
         interval: float = 1.0,
         floor_window: float = 300.0,
+        restart_on_fork: bool = True,
     ) -> None:
+        # False: after a fork the thread waits for resume_after_fork(), which the runtime calls from a fork
+        # hook registered after every part's own (the detector's reset must be done before the first tick).
+        self.restart_on_fork = restart_on_fork
+        self._resume = False
         self.memory = memory
         self.heap = heap
         self.stats = stats
@@ -107,7 +113,14 @@ class Sampler:
         self._credit = TICK_ALLOWANCE
         was_running = self._thread is not None
         self._thread = None
-        if was_running:
+        self._resume = was_running and not self.restart_on_fork
+        if was_running and self.restart_on_fork:
+            self.start()
+
+    def resume_after_fork(self) -> None:
+        """In a forked child: start the thread the parent had running (see ``restart_on_fork``)."""
+        if self._resume:
+            self._resume = False
             self.start()
 
     def sample(self) -> Sample | None:
@@ -182,7 +195,17 @@ class Sampler:
                 self.tick()
                 cost = max(0.0, clock() - started - self._exempt)
                 self.drain()
+                wait = self.next_wait(cost)
+                # The drains keep their own pace while a tick waits for its budget: the processor's queued
+                # histogram points would otherwise be recorded seconds late, in bursts (a task's growth in
+                # one export, its count in an earlier one) and pile up in a fast worker.
+                deadline = time.monotonic() + wait
+                while wait > DRAIN_EVERY and self._drains:
+                    if stop.wait(DRAIN_EVERY):
+                        return
+                    self.drain()
+                    wait = deadline - time.monotonic()
             except Exception as exc:  # pragma: no cover - defensive
                 _log.warning("otel-leak: sampler stopped after an error: %s", exc)
                 return
-            stop.wait(self.next_wait(cost))
+            stop.wait(max(0.0, wait))

@@ -326,6 +326,8 @@ WORKER = textwrap.dedent(
     for i in range(n):
         work(i)
         time.sleep(0.002)
+        if i == 100:
+            print("worker busy", flush=True)
     print("worker done", time.time(), os.environ.get("OTEL_TRACES_EXPORTER"), flush=True)
     code = int(os.environ.get("EXIT_CODE", "0"))
     if os.environ.get("CRASH"):
@@ -510,7 +512,14 @@ def test_report_verb_survives_odd_but_valid_json(tmp_path, capsys):
 def test_sigterm_to_otel_leak_is_forwarded_and_reported(worker):
     p = subprocess.Popen([OTEL_LEAK, "run", "--report", "r.json", "--", "python", "worker.py", "100000"],
                          cwd=worker, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+    # once the worker has run tasks (start-up takes longer on a loaded machine), and its detector has
+    # reported them (three report intervals)
+    import select
+
+    ready, _, _ = select.select([p.stdout], [], [], 60)
+    assert ready, "the worker ran no task in 60 s"
+    assert "worker busy" in p.stdout.readline()
+    time.sleep(1.0)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 128 + signal.SIGTERM, err

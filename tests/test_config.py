@@ -62,5 +62,5 @@ def test_readme_documents_every_setting_as_declared():
     from tests.conftest import ROOT
 
     assert config.markdown_table() in (ROOT / "README.md").read_text(), (
-        "README settings table is stale: paste `python -m otel_leak.config`"
+        "README settings table is stale: run `make generate`"
     )

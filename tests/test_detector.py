@@ -680,3 +680,50 @@ def test_tier2_rows_are_merged_so_a_lag_between_allocation_and_count_does_not_hi
     assert [a.task for a in merged if a.significant(suspects.T2_MIN_T)] == ["keep"], merged
     assert 48 * 1024 < merged[0].bytes_per_call < 80 * 1024
     assert tier2.merge_rows(rows_c, rows_y, 10 * len(rows_c)) == (rows_c, rows_y)  # rows of many tasks: as they are
+
+
+def test_a_tier2_window_s_sites_reach_the_process_file_without_waiting_for_a_tick(tmp_path):
+    """A costly tick makes the sampler wait seconds for its budget; a prefork child may leave through
+    os._exit before its next periodic write. The end of a tier-2 window writes the file itself."""
+    from otel_leak.detector import tier2 as T2
+
+    det, sampler, stats = make_detector(tmp_path)
+    for s in stream(leak=("b", 32 * 1024)):
+        stats.counts, stats.total = dict(s.task_counts), s.tasks_total
+        sampler.feed(s)
+    assert det.verdict == "leak"
+    res = T2.Tier2Result()
+    res.tasks = 200
+    res.sites = [{"file": "/app/tasks.py", "line": 7, "retained_bytes": 1 << 20, "count": 32,
+                  "growth_bytes": 1 << 20, "traceback": [{"file": "/app/tasks.py", "line": 7}]}]
+    det.tier2_thread = T2.Tier2Thread(stats, det._tier2_done)  # the window that is ending
+    det._tier2_done(res)
+    doc = json.loads((tmp_path / f"{os.getpid()}.json").read_text())
+    assert [(s["file"], s["line"]) for s in doc["allocation_sites"]] == [("/app/tasks.py", 7)], doc["allocation_sites"]
+    assert doc["tier2"]["runs"][-1]["tasks"] == 200
+
+
+def test_its_work_while_its_own_tier2_window_traces_is_not_charged_to_the_tick_budget(tmp_path):
+    """Under tracemalloc every float of the trend statistics takes a traceback: a tick evaluated while the
+    detector's own window traces costs 100x more. That is tier 2's cost (it has its own budget); charged to
+    the tick budget it stalled the sampler for 30-40 s. A user's own tracing is the user's."""
+    from otel_leak.detector import tier2 as T2
+
+    det, sampler, stats = make_detector()
+    exempted = []
+    sampler.exempt = exempted.append
+    feed = list(stream(leak=("b", 32 * 1024)))
+    for s in feed[:-12]:
+        sampler.feed(s)
+    assert det.verdict == "leak"
+    before = len(exempted)  # (a forced full collection at suspicion is exempted too: fullgc budgets it)
+    sampler.feed(feed[-12])
+    assert len(exempted) == before  # no window: the tick pays for itself
+    det.tier2_thread = th = T2.Tier2Thread(stats, det._tier2_done)
+    th.user_tracing = False
+    for s in feed[-11:-1]:
+        sampler.feed(s)
+    assert len(exempted) == before + 10 and all(x >= 0 for x in exempted)
+    th.user_tracing = True
+    sampler.feed(feed[-1])
+    assert len(exempted) == before + 10

@@ -178,3 +178,58 @@ def test_a_tier2_window_of_a_handful_of_tasks_neither_clears_nor_names():
     declared_t = next(e["t_s"] for e in det.events if e["kind"] == "leak_declared")
     assert changes and changes[0]["t_s"] - declared_t > D.TIER2_WAIT
     det.stop()
+
+
+def _traced_rows(means: dict, calls: int, noise: float, rnd) -> dict:
+    out = {}
+    for k, m in means.items():
+        xs = [m + rnd.gauss(0, noise) for _ in range(calls)]
+        out[k] = [calls, sum(xs), sum(x * x for x in xs)]
+    return out
+
+
+def test_tasks_that_ran_alone_are_attributed_their_own_mean_bytes():
+    """A short window of a one-task-at-a-time worker, where task types run in batches: the per-task means
+    name the leaker with its bytes per call and nobody else (the rows' regression split it in two)."""
+    rnd = random.Random(7)
+    after = _traced_rows({"render": 32_800, "notify": 480, "resize": 500}, 35, 300, rnd)
+    growth = sum(v[1] for v in after.values())
+    attr = T2.per_task({}, after, overlapped=0, growth=growth)
+    named = [a for a in attr if a.significant(3.0)]
+    assert [a.task for a in named] == ["render"], attr
+    assert abs(named[0].bytes_per_call - 32_800) < 500 and named[0].calls == 35
+
+
+def test_per_task_means_only_for_tasks_that_did_not_overlap_and_explain_the_growth():
+    rnd = random.Random(8)
+    after = _traced_rows({"a": 10_000, "b": 0}, 30, 100, rnd)
+    growth = sum(v[1] for v in after.values())
+    before = {"a": [10, 10 * 10_000, 10 * 10_000 ** 2], "b": [10, 0.0, 0.0]}
+    # the window's own calls (20 of each) are what counts, not the totals before it
+    assert T2.per_task(before, after, overlapped=0, growth=growth)[0].calls == 20
+    # threads or an event loop: most tasks overlapped, the regression decides
+    assert T2.per_task({}, after, overlapped=30, growth=growth) is None
+    # memory kept outside the tasks (after a span ends) explains most of the growth
+    assert T2.per_task({}, after, overlapped=0, growth=10 * growth) is None
+    # too few tasks to say anything
+    assert T2.per_task({}, _traced_rows({"a": 10_000}, 10, 100, rnd), overlapped=0, growth=1e5) is None
+
+
+def test_what_the_processor_allocates_around_a_task_is_not_a_site_of_the_worker():
+    """The processor's readings and attributes are allocated on the worker's thread with the task's line
+    below them: otel-leak's own, not the worker's (its retention path went through otel-leak's probe)."""
+    import json.decoder
+    import os
+
+    import opentelemetry.sdk.trace
+
+    import otel_leak
+
+    pkg = os.path.dirname(otel_leak.__file__)
+    user, lib = "/srv/app/tasks.py", opentelemetry.sdk.trace.__file__
+    probe, integ = os.path.join(pkg, "probes.py"), os.path.join(pkg, "integrations", "_base.py")
+    assert T2._ours([probe, os.path.join(pkg, "processor.py"), lib, user, integ])  # made by the processor
+    assert not T2._ours([user, integ, user])  # the worker's code, called by an integration
+    assert T2.is_library(json.decoder.__file__)
+    assert not T2._ours([json.decoder.__file__, user, integ])  # the worker's, through the stdlib
+    assert T2._ours([lib, os.path.join(pkg, "detector", "tier2.py")])  # the detector's own thread

@@ -173,7 +173,8 @@ def test_celery_worker_process_shutdown_writes_the_final_report(tmp_path):
         doc = json.loads(path.read_text())
         assert doc["final"] is True and doc["tasks_observed"] == stats.total
     finally:
-        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
+        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown,
+                                                       dispatch_uid=det.celery_dispatch_uid)
         det.stop()
 
 
@@ -189,7 +190,8 @@ def test_hooked_later_when_celery_is_imported_after_the_detector_started(tmp_pat
         sampler.feed(next(stream(seconds=1)))
         assert det._celery_hooked
     finally:
-        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
+        signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown,
+                                                       dispatch_uid=det.celery_dispatch_uid)
         det.stop()
 
 
@@ -271,7 +273,8 @@ def test_each_detector_connects_its_own_celery_receiver(tmp_path):
             assert json.loads((tmp_path / name / f"{os.getpid()}.json").read_text())["final"] is True
     finally:
         for det, _, _ in made:
-            signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown)
+            signals.worker_process_shutdown.disconnect(det._on_worker_process_shutdown,
+                                                       dispatch_uid=det.celery_dispatch_uid)
             det.stop()
 
 

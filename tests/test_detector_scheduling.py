@@ -39,8 +39,8 @@ def test_window_cost_adds_the_analysis_overhead_in_proportion():
     assert SC.window_cost(1.0, {"duration_s": 1.0}) == pytest.approx(1.0)  # no phases: all of it was tracing
 
 
-def run(duration=1.0):
-    return {"duration_s": duration, "phases": {"traced_s": duration}}
+def run(duration=1.0, tasks=90):
+    return {"duration_s": duration, "phases": {"traced_s": duration}, "tasks": tasks}
 
 
 def test_the_first_window_always_starts():
@@ -57,6 +57,18 @@ def test_later_windows_are_spaced_out():
     runs = [run()]
     assert not SC.should_start(1.0, runs, spent=1.0, share=0.5, age=1000.0, since_end=SC.SPACING * 1.0 - 0.1)
     assert SC.should_start(1.0, runs, spent=1.0, share=0.5, age=1000.0, since_end=SC.SPACING * 1.0)
+
+
+def test_a_window_that_saw_too_few_tasks_is_retried_soon_a_few_times():
+    # the load paused while the first window traced (3 tasks): no suspect, no site; retry outside the share
+    idle = [run(4.0, tasks=3)]
+    assert not SC.should_start(0.5, idle, spent=4.0, share=0.03, age=30.0, since_end=SC.RETRY_AFTER_S - 0.1)
+    assert SC.should_start(0.5, idle, spent=4.0, share=0.03, age=30.0, since_end=SC.RETRY_AFTER_S)
+    idle = [run(4.0, tasks=0) for _ in range(SC.RETRIES + 1)]  # at most RETRIES retries in a row
+    assert not SC.should_start(0.5, idle, spent=16.0, share=0.03, age=60.0, since_end=10.0)
+    # once a window was informative, the share and the spacing apply again
+    assert not SC.should_start(0.5, [run(4.0, tasks=3), run(1.0)], spent=5.0, share=0.03, age=60.0,
+                               since_end=10.0)
 
 
 def test_no_window_after_max_runs():

@@ -56,6 +56,26 @@ def test_a_tier1_suspect_tier2_saw_too_little_of_stands_when_tier2_names_nobody(
     assert out[0]["source"] == "tier1"
 
 
+def test_a_regression_that_names_nobody_does_not_clear_a_strong_tier1_suspect():
+    # an event loop's overlapping requests: tier 2's regression over a 4 s window put an insignificant
+    # coefficient on the wrong route and none on the leaking one (uvicorn, two workers, CI)
+    t1 = [strong("GET /users", t=100.0)]
+    res = tier2(weak("GET /hello"), calls={"GET /users": 36, "GET /hello": 36})
+    res.method = "regression"
+    out, vetoed, _ = SU.merge(t1, res, "python_heap", {}, pending=False)
+    assert named(out) == ["GET /users"] and vetoed == []
+    assert out[0]["source"] == "tier1"
+
+
+def test_exact_per_task_means_clear_a_suspect_that_kept_nothing():
+    # tasks that ran alone: 'render' ran 30 times and kept nothing traced (its mean was not positive)
+    t1 = [strong("render")]
+    res = tier2(calls={"render": 30})
+    res.method = "per_task"
+    out, vetoed, _ = SU.merge(t1, res, "python_heap", {}, pending=False)
+    assert out == [] and vetoed == ["render"]
+
+
 def test_on_a_python_heap_leak_the_bytes_per_call_are_tier2s():
     out, _, _ = SU.merge([strong("ingest", per_call=3 * K64)], tier2(strong("ingest", per_call=K64)),
                          "python_heap", {}, pending=False)

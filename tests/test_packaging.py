@@ -174,6 +174,11 @@ def test_sdist_and_wheel_hold_the_package_its_entry_points_and_command(fresh):
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     assert "otel-leak = otel_leak.cli:main" in entry_points
     assert "otel_leak = otel_leak.instrumentor:LeakInstrumentor" in entry_points
+    from otel_leak.integrations import INTEGRATIONS
+
+    for name, target in INTEGRATIONS.items():  # every framework integration, loadable by name
+        assert f"{name} = {target}" in entry_points, name
+    assert "otel_leak = otel_leak.pytest_plugin" in entry_points  # the pytest plugin
     with tarfile.open(fresh.sdist) as sd:
         members = {m.name.split("/", 1)[1] for m in sd.getmembers() if "/" in m.name}
     assert {"pyproject.toml", "README.md", "otel_leak/instrumentor.py"} <= members
@@ -307,3 +312,56 @@ def test_with_opentelemetry_distro_the_distro_sets_up_the_sdk(fresh, tmp_path):
     assert worker["auto_version"], worker  # still the distro's configurator, not otel-leak's set-up
     assert r["tasks_observed"] == sum(worker["counts"].values()) and r["processes"], r
     assert "Traceback" not in p.stderr and "Connection refused" not in p.stderr, p.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Worker frameworks otel-leak makes the task spans for: the wheel alone, plus the framework
+
+
+ENQUEUE_RQ = """
+import sys
+from redis import Redis
+from rq import Queue
+from app import remember_user, resize_image, send_email
+q = Queue("leak_demo", connection=Redis.from_url(sys.argv[1]))
+for i in range(20):
+    q.enqueue(remember_user, f"k{i}"); q.enqueue(resize_image); q.enqueue(send_email, "a@example.com")
+"""
+ENQUEUE_ARQ = """
+import asyncio
+from arq import create_pool
+from app import WorkerSettings
+async def main():
+    redis = await create_pool(WorkerSettings.redis_settings)
+    for i in range(20):
+        for name, args in (("remember_user", (f"k{i}",)), ("resize_image", ()), ("send_email", ("a@example.com",))):
+            await redis.enqueue_job(name, *args)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("framework", ["rq", "arq"])
+def test_framework_task_spans_from_the_wheel(fresh, tmp_path, redis_url, framework):
+    """``pip install otel-leak <framework>`` and nothing else: the wheel's entry point makes the task spans, a
+    burst worker under ``otel-leak run`` drains 60 jobs of three kinds and the report counts each kind."""
+    fresh.install(f"pip install {framework}")
+    for name in ("app.py",):
+        shutil.copy(ROOT / "examples" / f"{framework}_leak" / name, tmp_path / name)
+    url = redis_url.rsplit("/", 1)[0] + ("/13" if framework == "rq" else "/14")
+    env = fresh.env(REDIS_URL=url)
+    subprocess.run([str(fresh.bin / "python"), "-c", "import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()",
+                    url], check=True, env=env, timeout=60)
+    _check([str(fresh.bin / "python"), "-c", ENQUEUE_RQ if framework == "rq" else ENQUEUE_ARQ, url], cwd=tmp_path,
+           env=env)
+    worker = (["rq", "worker", "--burst", "--worker-class", "rq.worker.SimpleWorker", "--url", url, "leak_demo"]
+              if framework == "rq" else ["arq", "app.WorkerSettings", "--burst"])
+    p, r = _otel_leak_run(fresh, tmp_path, ["--", *worker], timeout=120, REDIS_URL=url)
+    assert p.returncode == 0, p.stderr[-3000:]
+    counts = {}
+    for proc in r["processes"]:
+        for k, v in proc["task_counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    expected = ({f"app.{n}": 20 for n in ("remember_user", "resize_image", "send_email")} if framework == "rq"
+                else {n: 20 for n in ("remember_user", "resize_image", "send_email")})
+    assert counts == expected, (counts, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]

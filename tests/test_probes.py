@@ -83,6 +83,44 @@ def test_gc_pause_buffer_is_bounded():
         probe.uninstall()
 
 
+def test_gc_pause_distribution_per_generation_for_baselines():
+    """Every timed collection lands in its generation's histogram; quantiles come out ordered and within
+    the largest pause; a forked child starts its own."""
+    import os
+
+    from otel_leak.probes import pause_quantile
+
+    probe = GcProbe()
+    try:
+        assert GcProbe.active is probe
+        junk = [[i] for i in range(200_000)]  # a heap that makes full collections take a while
+        for _ in range(30):
+            gc.collect(2)
+        gc.collect(0)
+        d = probe.pause_distribution()
+        full = d["2"]
+        assert full["collections"] >= 30 and sum(full["buckets"]) == full["collections"]
+        assert 0 < full["p50_s"] <= full["p99_s"] <= full["max_s"] and full["total_s"] >= 30 * full["p50_s"] * 0.5
+        assert d["0"]["collections"] >= 1
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, str(probe.pause_distribution().get("2", {}).get("collections", 0)).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(r, 32) == b"0"
+        del junk
+    finally:
+        probe.uninstall()
+    assert GcProbe.active is None
+    # 10 pauses of 10-20 us and one of 3 ms: the median in the second bucket, the 99th near the top
+    buckets = [0] * (len(GcProbe.PAUSE_BOUNDS) + 1)
+    buckets[1], buckets[9] = 10, 1
+    assert 1e-5 < pause_quantile(buckets, 0.5, 0.003) <= 2e-5
+    assert 2.56e-3 < pause_quantile(buckets, 0.99, 0.003) <= 0.003
+    assert pause_quantile([0] * len(buckets), 0.5, 0.0) is None
+
+
 def test_floor_is_the_window_minimum_and_ignores_sawtooth():
     floor = FloorTracker(window_s=10)
     values = []
@@ -145,6 +183,35 @@ def test_sampler_drains_run_every_tick_without_stretching_the_interval():
     assert len(seen) >= 8, seen  # ~0.02 s + 3 ms per tick, not one tick per 0.75 s
     assert drained and abs(len(drained) - len(seen)) <= 1  # the drain ran with every tick
     assert sampler.tick_cost < 0.002
+
+
+def test_drains_keep_their_pace_while_expensive_ticks_wait_for_their_budget():
+    """A tick that costs 20 ms of CPU waits seconds for its budget; the queued histogram points are still
+    recorded every DRAIN_EVERY seconds (a task's growth in the same export as its count)."""
+    from otel_leak.probes import HeapProbe
+    from otel_leak.sampler import DRAIN_EVERY, TICK_ALLOWANCE, TICK_BUDGET, Sampler
+
+    sampler = Sampler(MemoryProbe(), HeapProbe(), None, interval=0.05)
+    sampler._credit = -TICK_ALLOWANCE  # no allowance left: every tick waits for its budget
+    ticks, drained = [], []
+
+    def expensive(sample):
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        ticks.append(time.monotonic())
+
+    sampler.add_listener(expensive)
+    sampler.add_listener(lambda s: drained.append(time.monotonic()), budgeted=False)
+    sampler.start()
+    try:
+        time.sleep(1.6)
+    finally:
+        sampler.stop()
+    assert len(ticks) == 1, ticks  # 20 ms at 0.3 % of a core: the next tick is > 6 s away
+    assert 0.02 / TICK_BUDGET > 6
+    gaps = [b - a for a, b in zip(drained, drained[1:])]
+    assert len(drained) >= 5 and max(gaps) < DRAIN_EVERY + 0.15, gaps
 
 
 def test_work_a_listener_budgets_itself_is_not_charged_to_the_tick():

@@ -335,3 +335,60 @@ def test_forked_child_exports_only_its_own_task_and_gc_series():
         runtime.shutdown()
         tp.shutdown()
         mp.shutdown()
+
+
+def test_while_tracing_each_task_that_ran_alone_gives_its_own_traced_bytes(env):
+    """Tier 2's per-task means: a task no other task overlapped is counted with its exact traced change;
+    tasks that overlap (one started while another runs) are only counted as overlapped."""
+    import tracemalloc
+
+    stats = env.processor.stats
+    kept = []
+    tracemalloc.start(1)
+    try:
+        for _ in range(5):
+            with env.tracer.start_as_current_span("keep", kind=SpanKind.CONSUMER):
+                kept.append(bytes(10_000))
+            with env.tracer.start_as_current_span("idle", kind=SpanKind.CONSUMER):
+                pass
+        outer = env.tracer.start_span("keep", kind=SpanKind.CONSUMER)
+        with env.tracer.start_as_current_span("idle", kind=SpanKind.CONSUMER, context=Context()):
+            pass
+        outer.end()
+    finally:
+        tracemalloc.stop()
+    n, total, _ = stats.traced["keep"]
+    idle = stats.traced["idle"]
+    # (each span also keeps the same few hundred bytes: the in-memory exporter holds it)
+    assert n == 5 and idle[0] == 5, stats.traced
+    assert 10_000 <= total / n - idle[1] / idle[0] < 10_300, stats.traced
+    assert stats.overlapped == 2  # the outer task and the one that ran inside it
+    # not tracing: nothing counted
+    with env.tracer.start_as_current_span("keep", kind=SpanKind.CONSUMER):
+        kept.append(bytes(10_000))
+    assert stats.traced["keep"][0] == 5
+
+
+def test_a_task_running_across_the_detectors_own_snapshot_is_not_counted_as_alone(env):
+    """Tier 2's snapshots allocate in the detector's thread while a task runs; the task's traced change then
+    holds the snapshot's bytes, so it must not count as a task that ran alone."""
+    import tracemalloc
+
+    from otel_leak.detector import tier2
+
+    stats = env.processor.stats
+    tracemalloc.start(1)
+    try:
+        with env.tracer.start_as_current_span("before", kind=SpanKind.CONSUMER):
+            pass
+        with env.tracer.start_as_current_span("across", kind=SpanKind.CONSUMER):
+            tier2._disturb(stats)
+            snap = tracemalloc.take_snapshot()
+            tier2._disturb(stats)
+        with env.tracer.start_as_current_span("after", kind=SpanKind.CONSUMER):
+            pass
+    finally:
+        tracemalloc.stop()
+    del snap
+    assert "across" not in stats.traced and stats.overlapped == 1, stats.traced
+    assert stats.traced["before"][0] == 1 and stats.traced["after"][0] == 1

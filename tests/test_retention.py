@@ -39,49 +39,109 @@ def test_a_module_dict_that_grows_is_named_with_its_module_and_global():
     del clutter
 
 
-def test_a_method_cache_is_named_through_its_class():
-    import functools
+# A real worker's heap: Celery, its broker client, the OpenTelemetry SDK and otel-leak's integrations
+# loaded (~500 modules), each case in a fresh interpreter so that what the test suite loaded before does
+# not decide how far the walk has to go.
+_WORKER_HEAP = """
+import json, sys, tracemalloc
+import celery, celery.app.task, celery.worker, kombu, redis
+import opentelemetry.sdk.trace, opentelemetry.sdk.metrics
+import otel_leak.integrations
+from otel_leak.detector.settings import TIER3_BUDGET
+from otel_leak.detector.tier2 import site_frame
+from otel_leak.detector.tier3 import retention_paths
 
-    mod = _module("enricher_mod")
+def site_of(obj):
+    f, line = site_frame(tracemalloc.get_object_traceback(obj))
+    return {"file": f, "line": line}
 
-    class Enricher:
-        @functools.lru_cache(maxsize=None)
-        def enrich(self, key):
-            return b"e" * (4096 + key)
+def report(paths):
+    print(json.dumps({"paths": paths, "modules": len(sys.modules)}))
 
-    mod.Enricher = Enricher
-    tracemalloc.start(8)
-    try:
+tracemalloc.start(32)  # the detector's default frame count
+"""
+
+
+def _in_worker_heap(tmp_path, body: str) -> dict:
+    import json
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "case.py"
+    script.write_text(_WORKER_HEAP + textwrap.dedent(body))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["modules"] > 400, res["modules"]
+    return res
+
+
+def test_a_method_cache_is_named_through_its_class(tmp_path):
+    res = _in_worker_heap(tmp_path, """
+        import functools, types
+        mod = types.ModuleType("enricher_mod")
+        sys.modules["enricher_mod"] = mod
+
+        class Enricher:
+            @functools.lru_cache(maxsize=None)
+            def enrich(self, key):
+                return b"e" * (4096 + key)
+
+        mod.Enricher = Enricher
         e = Enricher()
         for k in range(300):
             e.enrich(k)
-        paths = retention_paths(_site_of(e.enrich(299)), budget=0.5)
-    finally:
-        tracemalloc.stop()
-        del sys.modules["enricher_mod"]
+        report(retention_paths(site_of(e.enrich(299)), budget=TIER3_BUDGET.default))
+    """)
+    paths = res["paths"]
     assert paths and "_lru_cache_wrapper" in paths[0]["text"], paths
 
 
+def test_a_holder_several_attributes_deep_in_a_library_module_is_named(tmp_path):
+    """A logging handler buffering records: logging's globals -> manager -> logger -> handlers -> buffer,
+    found with the default budget among a worker's modules (the walk looks at data before code)."""
+    res = _in_worker_heap(tmp_path, """
+        import logging, logging.handlers
 
-def test_a_holder_several_attributes_deep_in_a_library_module_is_named():
-    """A logging handler buffering records: logging's globals -> manager -> logger -> handlers -> buffer."""
-    import logging
-    import logging.handlers
+        def main():
+            log = logging.getLogger("audit_trail_test")
+            handler = logging.handlers.BufferingHandler(capacity=10**9)
+            log.addHandler(handler)
+            log.propagate = False
+            for i in range(300):
+                log.warning("user %s did %s", i, "x" * (2000 + i))
+            report(retention_paths(site_of(handler.buffer[-1].args[1]), budget=TIER3_BUDGET.default))
 
-    tracemalloc.start(8)
-    log = logging.getLogger("audit_trail_test")
-    handler = logging.handlers.BufferingHandler(capacity=10**9)
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        for i in range(300):
-            log.warning("user %s did %s", i, "x" * (2000 + i))
-        paths = retention_paths(_site_of(handler.buffer[-1].args[1]), budget=1.0)
-    finally:
-        tracemalloc.stop()
-        log.removeHandler(handler)
+        main()
+    """)
+    paths = res["paths"]
     assert paths and "BufferingHandler.buffer" in paths[0]["text"], paths
     assert paths[0]["complete"]
+
+
+def test_objects_kept_by_stored_exceptions_are_traced_back_to_the_global_that_keeps_them():
+    """An exception kept in a list keeps its traceback, the traceback the frame, the frame its locals: the
+    path goes on through the finished frame up to the module global (only a running stack is a root)."""
+    mod = _module("error_log_mod")
+    mod.ERRORS = []
+
+    def handle(k):
+        try:
+            blob = b"k" * (5000 + k)
+            raise ValueError(f"bad input {k} ({len(blob)} bytes)")
+        except ValueError as exc:
+            mod.ERRORS.append(exc)
+
+    tracemalloc.start(8)
+    try:
+        for k in range(200):
+            handle(k)
+        paths = retention_paths(_site_of(mod.ERRORS[-1].__traceback__.tb_frame.f_locals["blob"]), budget=1.0)
+    finally:
+        tracemalloc.stop()
+        del sys.modules["error_log_mod"]
+    assert paths and "handle() local 'blob'" in paths[0]["text"], paths
+    assert "error_log_mod['ERRORS']" in paths[0]["text"] and paths[0]["complete"], paths[0]["text"]
 
 
 def test_a_local_of_another_threads_running_loop_is_named_with_its_function():

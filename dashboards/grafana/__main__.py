@@ -1,6 +1,8 @@
-"""``python -m dashboards.grafana --out DIR [--set NAME=VALUE ...]``: write the dashboards' JSON into DIR, for
-the production ``Mixin()`` or with some of its parameters changed (as ``python -m dashboards.rules`` takes
-them, so that rules and dashboards generated with the same ``--set`` agree)."""
+"""``python -m dashboards.grafana --out DIR [--set NAME=VALUE ...]``: write the dashboards' JSON into DIR, and
+the Grafana-managed alert rules, contact point and policy into DIR/alerting (with the recording-rules-only
+Prometheus file of the Grafana-evaluated mode in DIR), for the production ``Mixin()`` or with some of its
+parameters changed (as ``python -m dashboards.rules`` takes them, so that rules, alerts and dashboards
+generated with the same ``--set`` agree)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,17 @@ from pathlib import Path
 
 from dashboards.mixin import PARAMETERS, Mixin, parse_set
 
-from . import generate
+from . import alerts, generate
+
+
+def write_alerts(out: Path, m: Mixin) -> list[Path]:
+    written = []
+    for rel, text in alerts.outputs(m).items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in generate(args.out, m):
+    for path in generate(args.out, m) + write_alerts(args.out, m):
         print(path)
     return 0
 

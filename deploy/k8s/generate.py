@@ -2,6 +2,9 @@
 
     .venv/bin/python deploy/k8s/generate.py            # (re)write deploy/k8s/*.yaml
     .venv/bin/python deploy/k8s/generate.py --out DIR  # write elsewhere (tests/test_deploy.py compares)
+    kubectl apply -k deploy/k8s                         # Prometheus evaluates the alerts (default)
+    # Grafana evaluates them instead: an overlay (outside deploy/k8s) with `resources: [<repo>/deploy/k8s]`
+    # and `components: [<repo>/deploy/k8s/grafana-alerting]` (docs/alerting.md)
 
 Sources:
 * collector/agent.yaml, collector/config.yaml + collector/gateway.yaml, collector/jaeger.yaml -> ConfigMaps of
@@ -10,6 +13,10 @@ Sources:
 * dashboards/generated/grafana/*.json -> one ConfigMap per dashboard (Grafana sidecar label);
 * deploy/compose/grafana/provisioning/datasources/otel-leak.yaml -> the data source ConfigMap, URLs mapped to
   the cluster's services;
+* dashboards/generated/grafana/alerting/*.yaml (Grafana-managed alert rules, contact point and policy) and
+  dashboards/generated/grafana/prometheus-recording-rules.yaml -> the ``grafana-alerting/`` kustomize
+  component: with it Grafana evaluates the alerts (Grafana sidecar label
+  ``grafana_alert``), the PrometheusRule keeps only the recording rules (docs/alerting.md);
 * collector/builder.yaml (dist.version), pyproject.toml (version), deploy/compose/docker-compose.yml (Jaeger
   image) -> image tags;
 * otel_leak.config.SETTINGS (defaults of the OTEL_PYTHON_LEAK_* settings) -> the Instrumentation's env.
@@ -51,17 +58,23 @@ RULES = REPO / "dashboards" / "generated" / "prometheus-rules.yaml"
 DASHBOARDS = REPO / "dashboards" / "generated" / "grafana"
 COMPOSE = REPO / "deploy" / "compose" / "docker-compose.yml"
 DATASOURCES = REPO / "deploy" / "compose" / "grafana" / "provisioning" / "datasources" / "otel-leak.yaml"
+GRAFANA_ALERTING = DASHBOARDS / "alerting"
+RECORDING_RULES = DASHBOARDS / "prometheus-recording-rules.yaml"
+COMPONENT = "grafana-alerting"  # deploy/k8s/<COMPONENT>/
 
 SVC = f"{NAMESPACE}.svc.cluster.local"
 AGENT = "otel-leak-agent"
 GATEWAY = "otel-leak-gateway"
 JAEGER = "otel-leak-jaeger"
-# Where the cluster's Prometheus answers (kube-prometheus-stack / prometheus-operator's default service).
+# Where the cluster's Prometheus and Alertmanager answer (kube-prometheus-stack / prometheus-operator's default
+# services).
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
-# Compose service URLs in the data source file -> the cluster's.
+ALERTMANAGER_URL = "http://alertmanager-operated.monitoring.svc:9093"
+# Compose service URLs in the data source and contact point files -> the cluster's.
 URL_MAP = {
     "http://prometheus:9090": PROMETHEUS_URL,
     "http://jaeger:16686": f"http://{JAEGER}.{SVC}:16686",
+    "http://alertmanager:9093": ALERTMANAGER_URL,
 }
 CONFIG_DIR = "/etc/otelcol-leak"
 
@@ -384,6 +397,47 @@ def grafana_datasources() -> str:
     })
 
 
+def grafana_alerting() -> str:
+    """Grafana's alerting provisioning files for its sidecar (label grafana_alert): the rules as generated, the
+    contact point with the cluster's Alertmanager URL."""
+    files = {p.name: p for p in sorted(GRAFANA_ALERTING.glob("*.yaml"))}
+    cm = configmap("grafana-alerting-otel-leak", "alerting", files, labels={"grafana_alert": "1"})
+    for key, text in cm["data"].items():
+        yaml.safe_load(text)  # must parse
+        for compose_url, cluster_url in URL_MAP.items():
+            cm["data"][key] = cm["data"][key].replace(compose_url, cluster_url)
+    return dump(cm)
+
+
+def prometheus_recording_rule() -> str:
+    """A patch of the PrometheusRule: the recording rules only (Grafana sends the alerts)."""
+    groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
+    return dump({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "otel-leak-rules", "namespace": NAMESPACE,
+                     "annotations": {"otel-leak.io/generated-from": rel(RECORDING_RULES)}},
+        "spec": {"groups": groups},
+    })
+
+
+def component_outputs() -> dict[str, str]:
+    """deploy/k8s/<COMPONENT>/: the kustomize component of Grafana-evaluated alerting instead of Prometheus'.
+    An overlay outside deploy/k8s (kustomize refuses one inside its base) lists deploy/k8s as a resource and
+    this directory as a component."""
+    return {
+        f"{COMPONENT}/grafana-alerting.yaml": grafana_alerting(),
+        f"{COMPONENT}/prometheus-recording-rule.yaml": prometheus_recording_rule(),
+        f"{COMPONENT}/kustomization.yaml": dump({
+            "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+            "kind": "Component",
+            "resources": ["grafana-alerting.yaml"],
+            # JSON merge semantics for a custom resource: spec.groups is replaced, recording rules only.
+            "patches": [{"path": "prometheus-recording-rule.yaml"}],
+        }),
+    }
+
+
 def instrumentation() -> str:
     settings = []
     for short in INSTRUMENTATION_SETTINGS:
@@ -445,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE, help="output directory (default: deploy/k8s)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in outputs().items():
+    for name, text in {**outputs(), **component_outputs()}.items():
+        (args.out / name).parent.mkdir(parents=True, exist_ok=True)
         (args.out / name).write_text(text, encoding="utf-8")
         print(args.out / name)
     return 0

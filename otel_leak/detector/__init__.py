@@ -25,11 +25,14 @@ What a leak is, for every part of the detector:
 4. **Charged to the task whose calls retain it.** Per-task retention is a robust nonnegative regression of
    the growth on the task counts of short intervals (neighbours' transient allocations are noise, a GC drop
    is an outlier), confirmed or vetoed by tier 2's traced Python bytes, which pages a neighbour touched
-   do not move. A tier-2 window lasts until it has seen about 90 tasks (within a few seconds), its rows
-   are merged to a few tasks each (a task's bytes may land a row before its span ends), and a window of a
-   handful of tasks neither confirms nor clears anyone.
+   do not move. A tier-2 window lasts until it has seen about 90 tasks (within a few seconds). Where the
+   window's tasks ran one at a time (a prefork child, a sequential worker), each task's own traced change
+   is exact and a type's bytes per call is their mean; where they overlapped (threads, an event loop), the
+   window's rows are regressed, merged to a few tasks each (a task's bytes may land a row before its span
+   ends). A window of a handful of tasks neither confirms nor clears anyone.
 5. **Held by something the worker can reach.** Tier 3 walks references from module globals and the other
-   threads' stacks to the first container of the site's objects; the path it reports is the way there.
+   threads' stacks (data before functions) to the first container of the site's objects; the path it
+   reports is the way there, through finished frames kept by tracebacks up to the global that keeps them.
 """
 
 from __future__ import annotations

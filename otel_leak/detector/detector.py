@@ -10,6 +10,7 @@ into ``inconclusive`` (with the error in the report) instead.
 from __future__ import annotations
 
 import atexit
+import itertools
 import collections
 import gc
 import logging
@@ -37,6 +38,7 @@ from otel_leak.detector.scheduling import TIER2_MIN_WINDOW, TIER2_TASKS  # noqa:
 from otel_leak.detector.suspects import MAX_SUSPECTS, T1_MIN_T, T2_MIN_T, TIER2_WAIT  # noqa: F401
 
 _log = logging.getLogger("otel_leak")
+_DISPATCH_IDS = itertools.count(1)
 
 MAX_EVENTS = 64
 KEPT_RUNS = 16  # tier-2 run records kept (the first and the latest)
@@ -65,6 +67,7 @@ class Detector:
         self._lock = threading.RLock()
         self._full_interval = config.get(S.FULL_GC_INTERVAL, env)
         self._celery_hooked = False
+        self.celery_dispatch_uid: str | None = None
         base = getattr(sampler, "interval", None)
         self.base_interval: float | None = float(base) if isinstance(base, (int, float)) and base > 0 else None
         self._reset()
@@ -94,8 +97,11 @@ class Detector:
         self._celery_hooked = True
         try:
             # Weak: the receiver goes with this detector (a fixed dispatch_uid or weak=False would keep the
-            # first detector of the process connected, and alive, forever).
-            sig.connect(self._on_worker_process_shutdown, weak=True)
+            # first detector of the process connected, and alive, forever). A dispatch_uid of its own: Celery
+            # 5.6 keys a receiver without one by the id of the bound-method object, a temporary whose id the
+            # next detector's bound method can reuse, and then drops that second connection.
+            self.celery_dispatch_uid = f"otel-leak-detector-{next(_DISPATCH_IDS)}"
+            sig.connect(self._on_worker_process_shutdown, weak=True, dispatch_uid=self.celery_dispatch_uid)
         except Exception as exc:
             _log.debug("otel-leak: cannot connect to Celery's worker_process_shutdown (%s)", exc)
 
@@ -112,6 +118,7 @@ class Detector:
         self.start_unix = time.time()
         self.start_t: float | None = None
         self.last = None
+        self._profile_cache = None  # (monotonic time, profile) of the last report (detector.profile)
         self.first_rss: int | None = None
         self.tier1 = Tier1(**self._t1_kwargs)
         self.series = Series()
@@ -188,12 +195,22 @@ class Detector:
                 self._hook_celery()
             except Exception:
                 pass
+        th = self.tier2_thread
+        ours = th is not None and not getattr(th, "user_tracing", True)
+        c0 = time.thread_time() if ours else 0.0
         try:
             with self._lock:
                 if self.error is None and not self._stopped:
                     self._on_sample(s)
         except Exception as exc:
             self._fail("tier 1", exc)
+        if ours:
+            # While our own tier-2 window traces, every allocation of this thread takes a traceback (each float
+            # of the trend statistics: a 0.2 ms evaluation takes 30 ms). That cost is tier 2's, which has its
+            # own budget (its duration); charged to the tick budget, it stalled the sampler for 30-40 s.
+            exempt = getattr(self.sampler, "exempt", None)
+            if exempt is not None:
+                exempt(time.thread_time() - c0)
         try:
             if self.report_dir and s.t - self.last_write >= self.report_interval:
                 self.last_write = s.t
@@ -365,6 +382,11 @@ class Detector:
                     self._update_suspects()  # no confirmation coming from this window: tier 1 stands
         except Exception as exc:
             self._fail("tier 2", exc)
+        # The window's suspects, sites and paths go to the process file now: the sampler's next tick may be
+        # many seconds away (a costly tick waits for its CPU budget), and a prefork child leaves through
+        # os._exit with its last write.
+        if self.report_dir and not self._stopped:
+            self.write_report()
 
     # ------------------------------------------------------------------ suspects
     def _tier2_pending(self) -> bool:

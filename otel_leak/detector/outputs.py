@@ -15,6 +15,7 @@ import time
 
 from otel_leak import names
 from otel_leak.detector.report import SCHEMA, write_atomic
+from otel_leak.detector import profile
 
 _log = logging.getLogger("otel_leak")
 _diag_log = logging.getLogger(names.LOG_DIAGNOSIS)
@@ -72,6 +73,7 @@ def tier2_run(res, start_t: float | None) -> dict:
         "error": res.error,
         "phases": res.phases,
         "attribution": attribution_brief(res.attribution),
+        "attribution_method": getattr(res, "method", "regression"),
     }
 
 
@@ -232,6 +234,7 @@ def build_report(det, final: bool = False) -> dict:
         "final": final,
         "error": det.error,
         "task_counts": {str(k): int(v) for k, v in counts.items()},
+        "profile": profile.for_report(det, dur, final),
         "trend": t1.trend.as_dict(),
         "trends": {k: v.as_dict() for k, v in t1.trends.items()},
         "tier2": {

@@ -15,6 +15,11 @@ TIER2_MIN_WINDOW = 0.3
 MAX_RUNS = 8  # windows after which no further one is started
 SPACING = 10  # later windows start at least this many window lengths after the previous one ended
 RATE_WINDOWS = 8  # tier-1 windows the task rate is measured over
+# A window that saw fewer than INFORMATIVE_TASKS tasks (the load paused while it traced) names no suspect
+# and no site: the next one starts RETRY_AFTER_S later, outside the share, up to RETRIES times in a row.
+INFORMATIVE_TASKS = 20
+RETRIES = 3
+RETRY_AFTER_S = 2.0
 
 
 def windows_rate(windows) -> float:
@@ -46,10 +51,14 @@ def window_cost(w: float, last_run: dict | None) -> float:
 
 
 def should_start(w: float, runs: list[dict], spent: float, share: float, age: float, since_end: float) -> bool:
-    """Whether to start a window of ``w`` seconds now: always the first; a later one only if the time spent
+    """Whether to start a window of ``w`` seconds now: always the first, and again (RETRIES times at most)
+    while every window so far saw too few tasks to say anything; a later one only if the time spent
     in tier 2 (``spent`` seconds of ``age``) stays within ``share`` with it, the previous window ended
     ``since_end`` >= SPACING windows ago, and fewer than MAX_RUNS windows ran."""
     if not runs:
+        return True
+    if (len(runs) <= RETRIES and all((r.get("tasks") or 0) < INFORMATIVE_TASKS for r in runs)
+            and since_end >= max(RETRY_AFTER_S, w)):
         return True
     if spent + window_cost(w, runs[-1]) > share * age or since_end < SPACING * w:
         return False

@@ -104,8 +104,9 @@ TIER3 = setting(
 TIER3_BUDGET = setting(
     "DETECTOR_TIER3_BUDGET",
     "float",
-    0.25,
-    "Seconds tier 3 may spend walking references.",
+    1.0,
+    "Seconds tier 3 may spend walking references (once per declared leak, on a background thread sharing the "
+    "interpreter with the worker's).",
     minimum=0.0,
     maximum=60,
 )

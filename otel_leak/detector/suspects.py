@@ -88,11 +88,15 @@ def merge(t1_attr, res, kind: str | None, counts: dict, pending: bool,
     elif kind == "python_heap":
         chosen = dict.fromkeys(sig2)
         seen_calls = getattr(res, "calls", {})
+        # Tier 2 can clear a suspect when its figures are exact (per-task means of tasks that ran alone) or
+        # its regression named some task significantly. A regression that named no one (overlapping tasks of
+        # an event loop, rows of a few tasks each) leaves tier 1's suspects standing.
+        decisive = bool(sig2) or getattr(res, "method", "regression") == "per_task"
         for k in sig1:
             if k in sig2:
                 continue
             a2 = all2.get(k)
-            contradicted = seen_calls.get(k, 0) >= CONTRADICT_CALLS and (
+            contradicted = decisive and seen_calls.get(k, 0) >= CONTRADICT_CALLS and (
                 a2 is None or a2.bytes_per_call < CONTRADICT_SHARE * sig1[k].bytes_per_call)
             if contradicted or sig2:
                 vetoed.append(k)

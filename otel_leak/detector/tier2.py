@@ -24,7 +24,7 @@ import threading
 import time
 import tracemalloc
 
-from otel_leak.detector import robust
+from otel_leak.detector import robust, scheduling
 from otel_leak.detector.tier1 import regress
 
 _SKIP_ALWAYS = (
@@ -55,9 +55,30 @@ _STDLIB = _stdlib_prefixes()
 _OWN = (os.sep + "otel_leak" + os.sep + "detector" + os.sep, os.sep + "otel_leak" + os.sep + "sampler.py")
 
 
+# otel-leak's modules that run on the worker's threads around a task but never call the worker's code (the
+# integrations, otel_leak.manual and the pytest plugin do: they are callers of what they measure)
+_AROUND = tuple(os.sep + "otel_leak" + os.sep + m for m in ("processor.py", "probes.py", "metrics.py", "_sdk.py"))
+
+
+def _ours(filenames) -> bool:
+    """``filenames`` most recent first: allocated by otel-leak's own threads (sampler, detector), or by
+    otel-leak's code on the worker's thread (the processor's readings and attributes around a task: an
+    otel-leak frame more recent than the worker's innermost own frame), not by the worker."""
+    inner = True
+    for fn in filenames:
+        if any(o in fn for o in _OWN):
+            return True
+        if inner:
+            if any(o in fn for o in _AROUND):
+                return True
+            if not is_library(fn):
+                inner = False  # the worker's own code made it (an integration's frames below are callers)
+    return False
+
+
 def ours(tb) -> bool:
-    """Allocated by otel-leak's own threads (sampler, tier 2), not by the worker."""
-    return any(any(o in fr.filename for o in _OWN) for fr in tb)
+    """``ours`` for a tracemalloc Traceback (frames oldest first)."""
+    return _ours([fr.filename for fr in reversed(list(tb))])
 
 
 def skipped(filename: str) -> bool:
@@ -133,6 +154,7 @@ class Tier2Result:
         self.sites: list[dict] = []
         self.attribution = []
         self.calls: dict[str, int] = {}  # completed tasks per type during the window
+        self.method = "regression"  # how the attribution was made: "per_task" (tasks ran alone) or "regression"
         self.retention_paths: list[dict] = []
         self.error: str | None = None
         self.user_tracing = False
@@ -154,7 +176,8 @@ MIN_TASKS = 90
 ROW_TASKS = 3  # consecutive rows are merged to about this many tasks each for the regression (at most 8)
 STRETCH = 4.0
 STRETCH_S = 4.0
-INFORMATIVE_TASKS = 20  # a window that saw fewer tasks neither confirms nor clears a suspect
+INFORMATIVE_TASKS = scheduling.INFORMATIVE_TASKS  # a window that saw fewer tasks neither confirms nor clears a suspect
+ALONE_SHARE_MAX_OVERLAP = 0.1  # per-task means only when at most this share of the window's tasks overlapped
 
 
 def run_window(
@@ -183,18 +206,22 @@ def run_window(
     started = False
     tracing = False
     try:
+        if not res.user_tracing and stats is not None and hasattr(stats, "running"):
+            stats.running = 0  # (before tracing starts: no task counts itself in yet)
         if not res.user_tracing:
             tracemalloc.start(frames)
             started = tracing = True
         counts0 = dict(stats.counts) if stats is not None else {}
+        traced0 = {k: list(v) for k, v in list(getattr(stats, "traced", {}).items())}
+        overlapped0 = getattr(stats, "overlapped", 0)
         total0 = stats.total if stats is not None else 0
-        traced0 = tracemalloc.get_traced_memory()[0]
+        bytes0 = tracemalloc.get_traced_memory()[0]
         own0 = tracemalloc.get_tracemalloc_memory()
-        res.traced_start = traced0
+        res.traced_start = bytes0
         rows_c: list[dict] = []
         rows_y: list[float] = []
         ts, ys = [0.0], [0.0]
-        prev_c, prev_y = counts0, traced0
+        prev_c, prev_y = counts0, bytes0
         mid = None
         step = max(0.02, min(0.1, window / 30))
         longest = max(STRETCH * window, STRETCH_S, window)
@@ -212,17 +239,25 @@ def run_window(
             rows_c.append(d)
             rows_y.append(float(y - prev_y))
             ts.append(now)
-            ys.append(float(y - traced0))
+            ys.append(float(y - bytes0))
             prev_c, prev_y = c, y
             seen = (stats.total if stats is not None else 0) - total0
             longer = seen < min_tasks and now < longest  # still too few tasks to tell anything
             # the middle snapshot at 40 % of the window's length and of its tasks
             if mid is None and ((now >= 0.4 * window and (seen >= 0.4 * min_tasks or now >= 0.4 * longest))
                                 or own >= 0.4 * mem_budget):
+                _disturb(stats)
                 mid = _snapshot()
+                _disturb(stats)
             if (now >= window and not longer and mid is not None) or (
                     own >= mem_budget and now >= min(window, MIN_WINDOW) and mid is not None):
                 break
+        # The tasks' own readings end here: the end snapshot (and tier 3, which keeps tracing) allocate in
+        # this thread while tasks run, and would land in whichever task is running.
+        traced1 = {k: list(v) for k, v in list(getattr(stats, "traced", {}).items())}
+        overlapped1 = getattr(stats, "overlapped", 0)
+        total1 = stats.total if stats is not None else 0
+        _disturb(stats)
         t_snap = time.monotonic()
         end = _snapshot()
         res.traced_end = tracemalloc.get_traced_memory()[0]
@@ -231,12 +266,14 @@ def run_window(
             tracemalloc.stop()  # the analysis below needs the snapshots only: stop slowing the worker now
             tracing = False
         res.phases["traced_s"] = round(time.monotonic() - t0, 3)
-        res.tasks = (stats.total if stats is not None else 0) - total0
+        res.tasks = total1 - total0
         span = ts[-1] if ts[-1] > 0 else 1.0
         res.python_growth_per_s = robust.theil_sen(ts, ys) if len(ts) > 2 else 0.0
         if res.tasks > 0:
             res.python_growth_per_task = res.python_growth_per_s * span / res.tasks
-        res.attribution = regress(*merge_rows(rows_c, rows_y, res.tasks))
+        direct = per_task(traced0, traced1, overlapped1 - overlapped0, res.traced_end - bytes0)
+        res.attribution = direct if direct is not None else regress(*merge_rows(rows_c, rows_y, res.tasks))
+        res.method = "per_task" if direct is not None else "regression"
         calls: dict[str, int] = collections.Counter()
         for c in rows_c:
             calls.update(c)
@@ -263,6 +300,50 @@ def run_window(
                 pass
         res.duration = time.monotonic() - t0
     return res
+
+
+def _disturb(stats) -> None:
+    """This thread is about to allocate (or has allocated) a burst while tasks may run: a task running
+    across it is not one that ran alone (the processor compares its start's event number at its end)."""
+    if stats is not None and hasattr(stats, "events"):
+        stats.events += 1
+
+
+def per_task(before: dict, after: dict, overlapped: int, growth: float) -> list | None:
+    """Each task type's mean traced-bytes change per call over the window, from the processor's per-task
+    readings (TaskStats.add_traced), when nearly every task of the window ran alone: then a task's
+    change is its own, exactly, and the mean needs no regression (rows of a short window hold too few
+    batches to tell task types apart that tend to run together). None when tasks overlapped (threads,
+    an event loop), or when the tasks' own changes explain less than half of the window's ``growth``
+    (memory kept between tasks, by the framework after a span ends): the rows' regression then."""
+    from otel_leak.detector.tier1 import Attribution
+
+    rows = {}
+    for k, acc in list(after.items()):
+        b = before.get(k, (0, 0.0, 0.0))
+        n, s1, s2 = acc[0] - b[0], acc[1] - b[1], acc[2] - b[2]
+        if n > 0:
+            rows[k] = (n, s1, s2)
+    alone = sum(r[0] for r in rows.values())
+    if alone < INFORMATIVE_TASKS or overlapped > ALONE_SHARE_MAX_OVERLAP * (alone + overlapped):
+        return None
+    explained = {k: s1 for k, (n, s1, s2) in rows.items() if s1 > 0}
+    total = sum(explained.values())
+    if growth > 0 and total < 0.5 * growth:
+        return None
+    out = []
+    for k, (n, s1, s2) in rows.items():
+        mean = s1 / n
+        if mean <= 0 or n < 2:
+            continue
+        var = max(0.0, (s2 - n * mean * mean) / (n - 1))
+        se = math.sqrt(var / n)
+        t = mean / se if se > 0 else 1e6
+        share = explained.get(k, 0.0) / total if total > 0 else 0.0
+        conf = (t * t / (t * t + 4.0)) * min(1.0, 0.5 + share)
+        out.append(Attribution(k, mean, n, round(max(0.0, min(0.99, conf)), 3), round(share, 3), round(min(t, 1e6), 2)))
+    out.sort(key=lambda a: -a.share)
+    return out
 
 
 def merge_rows(rows_c: list[dict], rows_y: list[float], tasks: int) -> tuple[list[dict], list[float]]:
@@ -335,7 +416,7 @@ def _group(snapshot) -> dict[tuple, list[int]]:
 
 
 def _ours_raw(frames: tuple) -> bool:
-    return any(any(o in fn for o in _OWN) for fn, _ in frames)
+    return _ours([fn for fn, _ in frames])  # (raw frames are most recent first)
 
 
 def _site_raw(frames: tuple) -> tuple[str, int] | None:

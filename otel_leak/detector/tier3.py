@@ -39,7 +39,7 @@ MAX_NODES = 250_000  # objects the walk may visit (its own memory: a dict entry 
 BIG = 64  # a container at least this long is checked for entries allocated at the site
 WIDE = 1024  # of a container longer than this, only the newest entries are followed
 CHECK_EVERY = 256  # objects between two looks at the clock
-PER_ROOT = 5_000  # objects walked from one root (not counting those seen from earlier roots)
+PER_ROOT = 5_000  # objects of its data walked from one root (not counting those seen from earlier roots)
 MAX_PATH = 16
 
 _FRAME = type(sys._getframe())
@@ -48,6 +48,8 @@ _QUALNAME = type.__dict__["__qualname__"].__get__  # a class's qualified name, w
 _CELL = type((lambda x: lambda: x)(0).__closure__[0])
 _BIG_TYPES = (dict, list, set, collections.deque)
 _ATOMIC = (str, bytes, bytearray, int, float, complex, bool, type(None))
+_FUNCTION_DATA_T = frozenset({tuple, dict})  # what of a function's referents can hold data: closure, defaults, __dict__
+_CODE = frozenset({_FUNCTION, types.MethodType, property, classmethod, staticmethod, types.BuiltinFunctionType})
 
 
 def _own_dict(v):
@@ -84,9 +86,11 @@ def _referents(o) -> list:
     if t in _BIG_TYPES and len(o) > WIDE:
         return _tail(o, 64)
     if t is _FUNCTION:
-        # Data hangs from a function through its closure, defaults and attributes; its code, globals
-        # (a root of its own) and names hold none.
-        return [x for x in (o.__closure__, o.__defaults__, o.__kwdefaults__, _own_dict(o)) if x]
+        # Data hangs from a function through its closure, defaults and attributes (its __dict__, only
+        # when it has one: reading ``__dict__`` would make one); its code, globals (a root of its own)
+        # and names hold none.
+        g = o.__globals__
+        return [x for x in gc.get_referents(o) if type(x) in _FUNCTION_DATA_T and x is not g]
     if issubclass(t, type):
         # a class's data is in its namespace (its bases are globals of their modules)
         return [r for r in gc.get_referents(o) if type(r) is dict]
@@ -177,9 +181,11 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     """What keeps objects from ``site`` alive: the path from a module global (or a thread's stack) to
     the holder, found within ``budget`` seconds and ``max_nodes`` objects; [] when none was found.
 
-    The roots are walked one after the other, each breadth first over at most ``per_root`` objects not
-    seen from an earlier root: the application's globals (the first roots) are searched through before
-    the standard library's, and no single large root takes the whole budget."""
+    First the data of each root (instances and containers) is walked breadth first, over at most
+    ``per_root`` objects not seen from an earlier root: the application's globals (the first roots)
+    before the standard library's, no single large root taking the whole budget. Then the functions
+    met on the way. (Walking every root's functions first, a holder a few attributes below a library's
+    globals, a logger's handler, was out of reach among a busy worker's ~850 modules.)"""
     deadline = time.monotonic() + budget
     want = (site["file"], site["line"])
     get_tb = tracemalloc.get_object_traceback
@@ -200,9 +206,11 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     parent: dict[int, object] = {id(r): None for r in roots}  # id -> the object it was reached from
     target = holder = None
     # First, cheaply, the large containers that are module globals themselves (the commonest holder: a
-    # module-level cache or registry), in every module, before the walk spends its budget module by module.
+    # module-level cache or registry), application modules first, within a third of the budget (on a busy
+    # worker's ~1,000 roots this pass alone took 0.2 s), before the walk spends the rest module by module.
+    cheap_deadline = time.monotonic() + budget / 3
     for d in roots:
-        if target is not None or time.monotonic() > deadline:
+        if target is not None or time.monotonic() > cheap_deadline:
             break
         if type(d) is not dict:
             continue
@@ -218,42 +226,69 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
                         break
         except Exception:
             continue
-    n = 0
-    queue: collections.deque = collections.deque()
-    for root in roots:
-        if target is not None or time.monotonic() > deadline or len(parent) > max_nodes:
-            break
-        queue.clear()
-        queue.append(root)
-        budget_left = per_root
-        while queue and target is None and budget_left > 0:
-            n += 1
-            budget_left -= 1
-            if n % CHECK_EVERY == 0 and (time.monotonic() > deadline or len(parent) > max_nodes):
-                break
-            o = queue.popleft()
-            try:
-                if type(o) in _BIG_TYPES and len(o) >= BIG:
-                    for r in _tail(o):
+    # Then a walk over references, breadth first, in two passes. First each root's data (instances,
+    # containers, classes), over at most ``per_root`` objects not seen from an earlier root, the
+    # functions it reaches (whose closures and defaults rarely hold the data, and there are many) put
+    # aside; then those functions, in the roots' order, each one's own data before the next one.
+    # Under tracemalloc every allocation is slow (a traceback taken and stored): the loop allocates as
+    # little as it can (two queues for all roots; counted without ints, each new one an allocation).
+    data: collections.deque = collections.deque()
+    code: collections.deque = collections.deque()
+    repeat = itertools.repeat
+    found: list = []
+
+    def walk(limit: int, with_code: bool) -> None:
+        for _ in repeat(None, -(-limit // CHECK_EVERY)):
+            if time.monotonic() > deadline or len(parent) > max_nodes:
+                return
+            for _ in repeat(None, CHECK_EVERY):
+                if data:
+                    o = data.popleft()
+                elif with_code and code:
+                    o = code.popleft()
+                else:
+                    return
+                try:
+                    if type(o) in _BIG_TYPES and len(o) >= BIG:
+                        for r in _tail(o):
+                            if at_site(r):
+                                found.append((r, o))
+                                return
+                    for r in _referents(o):
+                        t = type(r)
+                        if t in _SKIP:
+                            continue
+                        if t in _ATOMIC:  # (most referents, a dict's keys) checked without an id()
+                            if at_site(r):
+                                found.append((r, o))
+                                return
+                            continue
+                        i = id(r)  # (an int allocated: one per referent that may be new)
+                        if i in parent:
+                            continue
                         if at_site(r):
-                            target, holder = r, o
-                            break
-                    if target is not None:
-                        break
-                for r in _referents(o):
-                    i = id(r)  # (under tracemalloc every allocation is slow, an id's int too: one per object)
-                    if i in parent or type(r) in _SKIP:
-                        continue
-                    if at_site(r):
-                        target, holder = r, o
-                        break
-                    if type(r) in _ATOMIC:
-                        continue
-                    parent[i] = o
-                    queue.append(r)
-            except Exception:  # a container another thread changed under the walk: go on with the next
-                continue
-    queue.clear()
+                            found.append((r, o))
+                            return
+                        parent[i] = o
+                        (code if t in _CODE else data).append(r)
+                except Exception:  # a container another thread changed under the walk: go on with the next
+                    continue
+
+    if target is None:
+        for root in roots:
+            if found or time.monotonic() > deadline or len(parent) > max_nodes:
+                break
+            data.clear()
+            data.append(root)
+            walk(per_root, with_code=False)
+        if not found:
+            data.clear()
+            walk(max_nodes, with_code=True)
+        if found:
+            target, holder = found[0]
+    data.clear()
+    code.clear()
+    found.clear()
     if target is None:
         return []
     # (sys.getsizeof would call a class's own __sizeof__: only atoms get it)
@@ -264,7 +299,7 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     while cur is not None and len(chain) < MAX_PATH:
         step = _describe(cur, child, modules)
         chain.append(step)
-        if "module" in step or type(cur) is _FRAME:
+        if "module" in step or (type(cur) is _FRAME and parent.get(id(cur)) is None):  # a running stack: a root
             complete = True
             break
         child, cur = cur, parent.get(id(cur))

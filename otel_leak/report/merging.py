@@ -235,7 +235,7 @@ def _process_entry(doc: dict, problems: list[str], path: str, run_start: float |
         "events": _events(doc),
     }
     # Extra per-task estimates the detector may publish for every task type (not only suspects).
-    for key in ("tasks", "task_estimates"):
+    for key in ("tasks", "task_estimates", "profile"):
         if isinstance(doc.get(key), (list, dict)):
             entry[key] = doc[key]
     if problems:

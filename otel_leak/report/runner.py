@@ -481,11 +481,20 @@ def _report_from_dir(report_dir: str, start: float) -> dict:
         return {}
 
 
+SHORT_LIVED_S = 3.0
+
+
 def _add_unreported(report: dict, tree: Tree, start: float) -> None:
-    """Python processes the parent saw that never wrote a report (killed before their first write)."""
+    """Python processes the parent saw that never wrote a report (killed before their first write).
+
+    Not those that lived under SHORT_LIVED_S as children of a process that did report: a work horse forked
+    per job (RQ) or a spawned helper runs without a report of its own by design, and its parent's report
+    covers it."""
     reported = {p.get("pid") for p in report.get("processes") or []}
     for pid, s in sorted(tree.seen.items()):
         if pid in reported or not s.python:
+            continue
+        if s.ppid in reported and s.last_seen_unix - s.first_seen_unix < SHORT_LIVED_S:
             continue
         report["processes"].append(
             {

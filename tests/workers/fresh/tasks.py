@@ -68,6 +68,10 @@ def produce(seconds, rate, report_dir):
                 batch.append(notify.delay("someone@example.com"))
             sent[name] += 1
         for name, r in zip(order, batch):
+            # polled from the result's key: a redis pub/sub notification now and then comes seconds late
+            waited = time.monotonic() + 60
+            while not r.ready() and time.monotonic() < waited:
+                time.sleep(0.005)
             value = r.get(timeout=60, propagate=False)
             if r.failed():  # the task raised in the worker: name it, keep the load on
                 failed.append(f"{name}: {type(value).__name__}: {value}")

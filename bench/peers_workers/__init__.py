@@ -1,0 +1,1 @@
+"""Worker bodies and per-tool harness pieces of ``bench/peers.py`` (run inside the peers environment)."""

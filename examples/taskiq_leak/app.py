@@ -1,0 +1,59 @@
+"""A taskiq broker with one leaking task and two healthy ones, for ``otel-leak run``.
+
+    redis-server --port 6379 --save '' --appendonly no &
+    cd examples/taskiq_leak
+    otel-leak run --report taskiq.json --html taskiq.html -- taskiq worker app:broker --workers 1
+    python submit.py 3000          # in another shell; then Ctrl-C the worker
+
+``remember_user`` keeps 64 KiB per call in a module-level dict that is never evicted (the leak);
+``resize_image`` allocates 256 KiB and frees it; ``send_email`` does a little string work. Each task awaits
+in the middle, so the tasks a worker process runs at once (``--max-async-tasks``, 100 by default)
+interleave on its event loop. One worker process gets every task, which tier 2 (tracemalloc, under which
+taskiq-redis runs ~20x slower) needs to see enough of them (docs/frameworks/taskiq.md). ``REDIS_URL``
+picks the Redis server (default ``redis://127.0.0.1:6379/0``).
+"""
+
+import asyncio
+import os
+
+import taskiq.compat
+
+if not hasattr(taskiq.compat, "model_dump"):
+    # taskiq-redis 1.0.x (the last release that allows redis < 6, which arq needs) imports these two
+    # helpers, which taskiq 0.13 removed from taskiq.compat: the same pydantic 2 calls taskiq makes itself
+    taskiq.compat.model_dump = lambda instance: instance.model_dump(mode="json")
+    taskiq.compat.model_validate = lambda model_class, data: model_class.model_validate(data)
+
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+LEAK_BYTES = int(os.environ.get("LEAK_BYTES", str(64 * 1024)))
+
+# A Redis stream: the worker reads with a 2 s block timeout, so it sees a stop signal in time (a
+# ListQueueBroker's worker blocks in BRPOP until the next message arrives, and only then stops).
+broker = RedisStreamBroker(REDIS_URL).with_result_backend(RedisAsyncResultBackend(REDIS_URL, result_ex_time=600))
+
+_USERS: dict[str, bytes] = {}  # the leak: one entry per call, never evicted
+
+
+@broker.task
+async def remember_user(key: str) -> int:
+    await asyncio.sleep(0.001)  # e.g. a database read: other tasks run meanwhile
+    _USERS[key] = os.urandom(LEAK_BYTES)
+    return os.getpid()
+
+
+@broker.task
+async def resize_image(size: int = 256 * 1024) -> int:
+    buf = bytearray(size)  # transient
+    await asyncio.sleep(0.001)
+    buf[0] = 1
+    return os.getpid()
+
+
+@broker.task
+async def send_email(to: str) -> int:
+    body = ("hello " + to) * 50
+    await asyncio.sleep(0.001)
+    assert body.upper()
+    return os.getpid()

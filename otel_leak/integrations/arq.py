@@ -1,0 +1,100 @@
+"""Task spans for arq workers (``arq app.WorkerSettings``).
+
+A task span is one run of one job's coroutine: arq runs each job as its own asyncio task
+(``create_task(function.coroutine(ctx, *args, **kwargs))``), and the span is opened and made current inside
+that task, so jobs that interleave on the event loop never see each other's span and none is the parent of
+another. Identity: the name arq registers the function under (the key of ``Worker.functions``: the
+coroutine's ``__qualname__`` or ``func(..., name=...)``; cron jobs as ``cron:<name>``); destination: the
+worker's queue name (``arq:queue`` by default); message id: the job id.
+
+How: when a :class:`arq.worker.Worker` is constructed, its ``functions`` entries are replaced by copies
+whose coroutine runs the original inside the job's span (the user's ``Function``/``CronJob`` objects are not
+touched). Uninstrumenting restores ``Worker.__init__`` and puts the original entries back into the workers
+built meanwhile.
+
+Caveats: the span covers the job's coroutine only: arq's own Redis reads and result write, and the
+``on_job_start``/``on_job_end`` hooks, run outside it (in arq's ``run_job`` task). A job cancelled by its
+timeout or an abort ends its span with ERROR status (``CancelledError``). Workers constructed before
+``instrument()`` get no spans. arq passes no trace context with a job: each span starts a trace.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import weakref
+from typing import Any
+
+from otel_leak.integrations._base import FrameworkInstrumentor, Job, run_job_async, warn_once
+
+SYSTEM = "arq"
+_ORIGINAL = "_otel_leak_original"  # on a wrapping coroutine: the Function/CronJob it was made from
+
+
+def _wrap(function: Any, name: str, queue: str) -> Any:
+    """A copy of arq's ``Function``/``CronJob`` whose coroutine runs the original inside the job's span."""
+    coroutine = function.coroutine
+
+    @functools.wraps(coroutine)
+    async def run(ctx, *args, **kwargs):
+        job_id = ctx.get("job_id") if isinstance(ctx, dict) else None
+        return await run_job_async(coroutine, (ctx, *args), kwargs, Job(name, SYSTEM, queue, job_id))
+
+    setattr(run, _ORIGINAL, function)
+    wrapped = copy.copy(function)
+    wrapped.coroutine = run
+    return wrapped
+
+
+def _instrument_worker(worker: Any, workers: weakref.WeakSet) -> None:
+    try:
+        queue = str(worker.queue_name)
+        functions = worker.functions
+        new = {
+            key: f if getattr(f.coroutine, _ORIGINAL, None) is not None else _wrap(f, key, queue)
+            for key, f in functions.items()
+        }
+        functions.update(new)  # all built first: a failure above leaves the worker as arq made it
+        workers.add(worker)
+    except Exception as exc:
+        warn_once("worker:arq", "otel-leak: no task spans for this arq worker (%s: %s)", type(exc).__name__, exc)
+
+
+def _restore_worker(worker: Any) -> None:
+    functions = worker.functions
+    for key, f in list(functions.items()):
+        original = getattr(getattr(f, "coroutine", None), _ORIGINAL, None)
+        if original is not None:
+            functions[key] = original
+
+
+class ArqInstrumentor(FrameworkInstrumentor):
+    """One CONSUMER span per arq job, current only in the job's own asyncio task."""
+
+    system = SYSTEM
+    _instruments = ("arq >= 0.25",)
+
+    def _patch(self, **kwargs) -> None:
+        from arq.worker import Worker
+
+        original = Worker.__dict__["__init__"]
+        workers: weakref.WeakSet = weakref.WeakSet()
+
+        @functools.wraps(original)
+        def __init__(worker, *args, **kw):
+            original(worker, *args, **kw)
+            _instrument_worker(worker, workers)
+
+        self._original_init, self._workers = original, workers
+        Worker.__init__ = __init__
+
+    def _unpatch(self, **kwargs) -> None:
+        from arq.worker import Worker
+
+        Worker.__init__ = self._original_init
+        for worker in list(self._workers):
+            try:
+                _restore_worker(worker)
+            except Exception:
+                pass
+        self._workers = weakref.WeakSet()

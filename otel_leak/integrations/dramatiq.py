@@ -1,0 +1,114 @@
+"""Dramatiq: one task span per message a worker thread processes.
+
+A *task span* is the processing of one message by a ``dramatiq.Worker`` thread: it starts in the middleware
+hook ``before_process_message`` and ends in ``after_process_message`` (ERROR status with the actor's
+exception, which Dramatiq goes on handling as usual: retries, logging) or ``after_skip_message``. Identity:
+the actor name (``message.actor_name``); ``messaging.destination.name``: the queue (``message.queue_name``);
+``messaging.message.id``: the message id.
+
+How it gets there without code changes: ``Worker.__init__`` is wrapped to append otel-leak's middleware to
+the worker's broker (once per broker), so every broker that runs a worker has it, however and whenever it was
+created (brokers are usually made at import of the user's module, after auto-instrumentation started).
+Appended last, its ``before`` hook runs after the others': a span that another tracing middleware made
+current is the task span, and no second one is made.
+
+Processes: the ``dramatiq`` command forks its worker processes (``--processes N``; ``--use-spawn`` starts
+fresh interpreters, auto-instrumented the same way through the inherited environment). Each one measures
+itself and writes its own report. They leave through ``os._exit`` (``multiprocessing``): no ``atexit``, so
+the middleware's ``after_worker_shutdown`` exports what the process has and writes its final report.
+
+Caveat: Dramatiq messages carry no trace context, so task spans are roots (no producer parent).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_process, warn_once
+
+SYSTEM = "dramatiq"
+_ATTR = "_otel_leak_job"  # on the MessageProxy (a plain object): the message's Job between the two hooks
+_brokers: "weakref.WeakSet" = weakref.WeakSet()  # brokers given the middleware (removed on uninstrument)
+_cls = None
+
+
+def _middleware_class():
+    global _cls
+    if _cls is not None:
+        return _cls
+    from dramatiq.middleware import Middleware
+
+    class OtelLeakMiddleware(Middleware):
+        """otel-leak's task spans (added by :class:`DramatiqInstrumentor`; may also be added by hand)."""
+
+        def before_process_message(self, broker, message):
+            try:
+                job = Job(message.actor_name, SYSTEM, message.queue_name, message.message_id)
+                vars(message)[_ATTR] = job.start()
+            except Exception as exc:
+                warn_once("dramatiq:before", "otel-leak: no dramatiq task span (%s: %s)", type(exc).__name__, exc)
+
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            _end(message, exception)
+
+        def after_skip_message(self, broker, message):
+            _end(message, None)
+
+        def after_worker_shutdown(self, broker, worker):
+            _leaving_child()
+
+    _cls = OtelLeakMiddleware
+    return _cls
+
+
+def _end(message, exception) -> None:
+    try:
+        job = vars(message).pop(_ATTR, None)
+    except Exception:
+        return
+    if job is not None:
+        job.end(exception)
+
+
+def _leaving_child() -> None:
+    leaving_process(SYSTEM)
+
+
+def add_middleware(broker) -> None:
+    """Give ``broker`` otel-leak's middleware, once. Never raises."""
+    try:
+        cls = _middleware_class()
+        if not any(isinstance(m, cls) for m in broker.middleware):
+            broker.add_middleware(cls())
+            _brokers.add(broker)
+    except Exception as exc:
+        warn_once("dramatiq:add", "otel-leak: no dramatiq task spans for %r (%s: %s)", broker, type(exc).__name__, exc)
+
+
+class DramatiqInstrumentor(FrameworkInstrumentor):
+    system = SYSTEM
+    _instruments = ("dramatiq >= 1.17",)
+
+    def _patch(self, **kwargs) -> None:
+        from dramatiq.worker import Worker
+
+        original = Worker.__dict__["__init__"]
+
+        def __init__(self, broker, *args, **kw):
+            add_middleware(broker)
+            original(self, broker, *args, **kw)
+
+        __init__.__wrapped__ = original
+        __init__._otel_leak = True
+        self._original = original
+        Worker.__init__ = __init__
+
+    def _unpatch(self, **kwargs) -> None:
+        from dramatiq.worker import Worker
+
+        if getattr(Worker.__dict__.get("__init__"), "_otel_leak", False):
+            Worker.__init__ = self._original
+        cls = _cls
+        for broker in list(_brokers):
+            broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, cls)]
+        _brokers.clear()

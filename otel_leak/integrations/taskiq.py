@@ -1,0 +1,163 @@
+"""Task spans for taskiq workers (``taskiq worker app:broker``).
+
+A task span is one execution of one task message by taskiq's :class:`~taskiq.receiver.Receiver`:
+``Receiver.run_task`` (dependency resolution, the task function, the ``on_error`` middlewares) runs inside
+it. The receiver handles each message in an asyncio task of its own and the span is made current there
+only, so the up to ``--max-async-tasks`` messages interleaving on one event loop never see each other's
+span; a sync task runs in the thread pool under a copy of that context, so the span is current there too.
+Identity: ``message.task_name`` (taskiq's ``module:function``, or ``@broker.task(task_name=...)``);
+destination: the broker's ``queue_name`` (taskiq-redis brokers: ``taskiq`` by default; none for brokers
+without one); message id: the task id; parent: the trace context in the message labels, if the sender put
+one there.
+
+taskiq ships its own OpenTelemetry instrumentation (its ``taskiq`` entry point, which
+``opentelemetry-instrument`` and ``otel-leak run`` load too): its middleware makes a CONSUMER span before
+``run_task``. That span is then the task span; no second one is made, and the identity and messaging
+attributes above are added to it where it lacks them.
+
+Process model: ``taskiq worker`` starts ``--workers`` processes (2 by default) with multiprocessing's
+default start method (fork on Linux); each measures itself and writes its own report, the parent only
+manages them. A worker process leaves through ``os._exit`` (multiprocessing), so when its
+``Receiver.listen`` returns the detector writes its final report and spans and metrics are exported.
+
+Caveats: with ``--use-process-pool`` a sync task runs in a pool process, and its span measures the worker
+process, not the pool's. A custom ``--receiver`` class whose ``run_task`` does not call taskiq's gets no
+span. Under tracemalloc (the detector's tier 2) taskiq-redis workers run many times slower (a Redis client
+object per operation): docs/frameworks/taskiq.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
+from otel_leak.integrations._base import (
+    FrameworkInstrumentor,
+    Job,
+    flush_providers,
+    in_task_span,
+    span_attributes,
+    warn_once,
+)
+
+SYSTEM = "taskiq"
+EXIT_FLUSH_MS = 2000  # per provider, before a worker process's os._exit
+EXIT_WAIT_S = 7.0  # the final report (up to 2 s for a running tier-2 window) and both flushes
+
+
+def _start(receiver: Any, message: Any) -> Job | None:
+    """The message's job, started (or the current task span annotated: None). Never raises."""
+    try:
+        queue = getattr(receiver.broker, "queue_name", None)
+        if in_task_span():
+            _annotate(trace.get_current_span(), message.task_name, queue, message.task_id)
+            return None
+        labels = message.labels
+        parent = extract(labels) if "traceparent" in labels else None  # a sender's trace context
+        return Job(message.task_name, SYSTEM, queue, message.task_id, parent).start()
+    except Exception as exc:
+        warn_once("start:taskiq", "otel-leak: cannot start a taskiq task span (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def _annotate(span: Any, task: str, queue: str | None, message_id: str) -> None:
+    """Another instrumentation's task span: add the identity and messaging attributes it lacks."""
+    have = getattr(span, "attributes", None) or {}
+    missing = {k: v for k, v in span_attributes(task, SYSTEM, queue, message_id).items() if k not in have}
+    if missing:
+        span.set_attributes(missing)
+
+
+def _failure(result: Any) -> BaseException | None:
+    """The exception a task's result carries (taskiq's run_task catches it), except "no result"."""
+    error = getattr(result, "error", None)
+    if not getattr(result, "is_err", False) or not isinstance(error, BaseException):
+        return None
+    from taskiq.exceptions import NoResultError
+
+    return None if isinstance(error, NoResultError) else error
+
+
+class TaskiqInstrumentor(FrameworkInstrumentor):
+    """One CONSUMER span per taskiq task execution, current only in that message's asyncio task."""
+
+    system = SYSTEM
+    _instruments = ("taskiq >= 0.11",)
+
+    def _patch(self, **kwargs) -> None:
+        from taskiq.receiver import Receiver
+
+        run_task, listen = Receiver.__dict__["run_task"], Receiver.__dict__["listen"]
+
+        @functools.wraps(run_task)
+        async def traced_run_task(receiver, target, message, *args, **kw):
+            job = _start(receiver, message)
+            if job is None:
+                return await run_task(receiver, target, message, *args, **kw)
+            try:
+                result = await run_task(receiver, target, message, *args, **kw)
+            except BaseException as exc:
+                job.end(exc)
+                raise
+            try:
+                failure = _failure(result)
+            except Exception:
+                failure = None
+            job.end(failure)
+            return result
+
+        @functools.wraps(listen)
+        async def flushing_listen(receiver, *args, **kw):
+            try:
+                return await listen(receiver, *args, **kw)
+            finally:
+                _flush_if_child()
+
+        self._originals = {"run_task": run_task, "listen": listen}
+        Receiver.run_task = traced_run_task
+        Receiver.listen = flushing_listen
+
+    def _unpatch(self, **kwargs) -> None:
+        from taskiq.receiver import Receiver
+
+        for name, original in self._originals.items():
+            setattr(Receiver, name, original)
+
+
+def _flush_if_child() -> None:
+    """A multiprocessing child (``taskiq worker``'s processes) leaves through ``os._exit``, where no atexit
+    handler runs: write the detector's final report and export, as they would have. On a daemon thread with
+    a bounded wait: a process forked while a parent thread held an SDK lock (the metric reader's export lock
+    is not renewed after a fork) would wait on it forever, and must still exit."""
+    try:
+        import multiprocessing
+
+        if multiprocessing.parent_process() is None:
+            return
+        t = threading.Thread(target=_final_report_and_export, name="otel-leak-exit", daemon=True)
+        t.start()
+        t.join(EXIT_WAIT_S)
+        if t.is_alive():
+            warn_once("exit:taskiq", "otel-leak: the export before a taskiq worker process's exit did not finish")
+    except Exception:
+        pass
+
+
+def _final_report_and_export() -> None:
+    try:
+        from otel_leak.instrumentor import LeakInstrumentor
+
+        runtime = getattr(LeakInstrumentor, "runtime", None)
+        detector = getattr(runtime, "detector", None)
+        if detector is not None:
+            detector.stop()  # its final report
+        processor = getattr(runtime, "processor", None)
+        if processor is not None:
+            processor.flush_metrics()  # the task histograms' pending points
+    except Exception:
+        pass
+    flush_providers(EXIT_FLUSH_MS)
