@@ -229,7 +229,9 @@ def test_leaking_actor_found_in_forked_worker_processes(redis_url, tmp_path):
         assert k["final"], k  # written at the worker's shutdown, though it leaves through os._exit
         seen_from_outside = k["observed"]["rss_max_bytes"]  # otel-leak run's own reading of that pid
         assert 0.8 * seen_from_outside <= k["memory"]["rss_end_bytes"] <= 1.1 * seen_from_outside, k
-    assert any(k["verdict"] == "leak" and k["suspects"][0]["task"] == LEAKY for k in kids)
+    # Both processes run the leaker; one may have declared only just before the stop: its verdict is "leak"
+    # while its per-task suspects still wait for its first tier-2 window (suspects.TIER2_WAIT).
+    assert any(k["verdict"] == "leak" and k["suspects"] and k["suspects"][0]["task"] == LEAKY for k in kids)
 
 
 def test_healthy_actors_end_no_leak(redis_url, tmp_path):
