@@ -32,7 +32,7 @@ def _start(name, out):
         OTEL_PYTHON_LEAK_REPORT_DIR=str(out),
         OTEL_PYTHON_LEAK_SAMPLE_INTERVAL="0.25",
         OTEL_PYTHON_LEAK_DETECTOR_MIN_GROWTH="1000000",
-        SCENARIO_DURATION="18",
+        SCENARIO_DURATION="24",  # a leak must last 10 s; declared ~13 s in, tier 2 after
     )
     return subprocess.Popen(
         [INSTRUMENT, sys.executable, os.path.join(SCEN, name)], env=env, cwd=SCEN,
@@ -136,7 +136,7 @@ def test_strictly_alternating_neighbour_is_never_named_from_resident_memory(tmp_
         OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
         OTEL_PYTHON_LEAK_REPORT_DIR=str(out), OTEL_PYTHON_LEAK_REPORT_INTERVAL="0.1",
         OTEL_PYTHON_LEAK_SAMPLE_INTERVAL="0.25", OTEL_PYTHON_LEAK_DETECTOR_MIN_GROWTH="1000000",
-        SCENARIO_DURATION="18", OTEL_LEAK_REPO=ROOT,
+        SCENARIO_DURATION="24", OTEL_LEAK_REPO=ROOT,  # a leak must last 10 s: declared ~13 s in, tier 2 after
     )
     p = subprocess.Popen([INSTRUMENT, sys.executable, str(worker)], env=env, cwd=str(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -245,3 +245,46 @@ def saturation(ts: Sequence[float], ys: Sequence[float], grid: int = 16) -> tupl
         if sse < best:
             best, best_tau = sse, tau
     return best / sse_lin, best_tau
+
+
+def curvature(ts: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Is the growth of ``ys`` slowing down? Fits ``y = a + b x + c x^2`` (``x``: ``ts`` centred on their
+    midpoint, least squares) and returns ``(ratio, t)``: the fitted slope at the last point over the slope
+    at the first (1.0 for a steady climb, below 1 for a fill that slows, 0 when it stopped), and ``c``'s
+    t statistic (negative: decelerating) from the residuals, allowing for their autocorrelation.
+    ``(1.0, 0.0)`` when it cannot tell."""
+    n = len(ts)
+    if n < 6:
+        return 1.0, 0.0
+    mid = (ts[0] + ts[-1]) / 2
+    xs = [t - mid for t in ts]
+    half = (ts[-1] - ts[0]) / 2
+    if half <= 0:
+        return 1.0, 0.0
+    # Normal equations of the quadratic, on x scaled to [-1, 1] for conditioning.
+    us = [x / half for x in xs]
+    s = [sum(u ** k for u in us) for k in range(5)]
+    a = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]]
+    rhs = [sum(y for y in ys), sum(u * y for u, y in zip(us, ys)), sum(u * u * y for u, y in zip(us, ys))]
+    coef = _solve([row[:] for row in a], rhs[:])
+    if coef is None:
+        return 1.0, 0.0
+    c0, c1, c2 = coef
+    sse = sum((y - c0 - c1 * u - c2 * u * u) ** 2 for u, y in zip(us, ys))
+    sigma2 = sse / (n - 3)
+    # Variance of c2: sigma^2 times the (2, 2) element of the inverse of the normal matrix.
+    e2 = _solve([row[:] for row in a], [0.0, 0.0, 1.0])
+    if e2 is None:
+        return 1.0, 0.0
+    # Neighbouring windows' residuals move together when the pace wanders (a mix that changes every few
+    # seconds): the variance is inflated by the residuals' lag-1 autocorrelation, as for an AR(1) series,
+    # so a wandering pace is not mistaken for a slowing one.
+    res = [y - c0 - c1 * u - c2 * u * u for u, y in zip(us, ys)]
+    rho = sum(a_ * b_ for a_, b_ in zip(res, res[1:])) / sse if sse > 0 else 0.0
+    rho = min(0.9, max(0.0, rho))
+    var = sigma2 * e2[2] * (1 + rho) / (1 - rho)
+    start, end = c1 - 2 * c2, c1 + 2 * c2  # dy/du at u = -1 and u = +1
+    ratio = end / start if start > 0 else 1.0
+    if var <= 0:
+        return ratio, (-math.inf if c2 < 0 else math.inf) if c2 else 0.0
+    return ratio, c2 / math.sqrt(var)

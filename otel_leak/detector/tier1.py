@@ -3,24 +3,31 @@
 Pure computation on the sampler's :class:`~otel_leak.sampler.Sample` stream (duck-typed: ``t``, ``rss``,
 ``heap_blocks``, ``task_counts``, ``tasks_total``), so it is unit-tested on synthetic series.
 
-Windows adapt to the task rate: a window closes once it has at least ``min_samples`` samples *and*
-``min_tasks`` completed tasks (or ``idle_window`` seconds passed). The detector also adapts the sampler's
-interval to the task rate (about 15 tasks a sample, between 0.05 s and the configured interval): at 300
-tasks/s a window is ``min_samples`` samples of 0.05 s (~45 tasks); at one task a minute the sampler keeps
-its configured interval and a window stretches to ``min_tasks`` minutes. The same defaults serve both.
+Windows adapt to the task rate: a window closes once it has at least ``min_samples`` samples, lasted
+MIN_WINDOW_S seconds *and* has ``min_tasks`` completed tasks (or ``idle_window`` seconds passed). The
+detector also adapts the sampler's interval to the task rate (about 15 tasks a sample, between 0.05 s and
+the configured interval): at 300 tasks/s a window is MIN_WINDOW_S (~225 tasks); at one task a minute the
+sampler keeps its configured interval and a window stretches to ``min_tasks`` minutes. The same defaults
+serve both, and TREND_WINDOWS windows always span at least TREND_WINDOWS * MIN_WINDOW_S seconds.
 
 Per window the floor is the lowest resident memory seen in it (a GC sawtooth does not raise the lowest
 point). Window-to-window floor increments build a *level* series (increments across a window that tier 2
 contaminated with tracemalloc's own memory are dropped). A leak is declared when, over the recent windows,
 
-* the trend covers at least 500 tasks or 12 s (whichever comes first: a task-driven pattern such as a GC
-  cycle or a filling cache shows itself within a few hundred tasks, a time-driven one within seconds),
+* the trend covers at least 10 s *and* 400 tasks (or 20 s, for a slow worker): growth that lasts only
+  seconds is a fill, not a leak (a cache or pool taking its first entries grows as steadily as a leak
+  until it is full, and the fills of real workers last seconds: a fast worker's 500 tasks take half of
+  one), and a task-driven pattern such as a GC cycle shows itself within a few hundred tasks (at the
+  50 tasks/s of a fast worker, the 10 s govern),
 * the level has a monotone trend (Mann–Kendall tau and z),
 * its robust (Theil–Sen) slope times the span is above an absolute and relative growth threshold,
 * the growth is spread over the windows (no single increment holds most of it, and at least four windows
   each carry a sizeable step of it: rejects one-off steps, staircases of a few bursts,
   lazy imports, tables loaded once, allocator retention that jumps then plateaus),
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
+* it is not decelerating (a quadratic fit's curvature is not significantly negative with the slope at the
+  end below DECEL_RATIO of the slope at the start: a cache filling with random keys slows as it fills; a
+  leak keeps its pace),
 * it is not saturating (no bounded fill explains the level clearly better than a straight line: rejects
   caches still filling with random keys, whose growth slows as they fill),
 * for resident memory: the collections the detector forces on suspicion (a full one when none ran since
@@ -52,6 +59,9 @@ TREND_WINDOWS = 16  # windows a trend is evaluated on
 MIN_STEPS = 4  # windows that must each carry a sizeable part of the growth
 SATURATION_RATIO = 0.5  # a bounded fill's residuals below this share of a line's: the growth saturates
 LEVEL_OFF = 0.5  # recent half's slope below this share of the earlier slope: the growth is levelling off
+DECEL_RATIO = 0.75  # the fitted slope at the trend's end below this share of that at its start...
+DECEL_T = 3.0  # ...with the curvature this many standard errors below zero: the growth is decelerating
+MIN_WINDOW_S = 0.75  # a window lasts at least this long (a trend of TREND_WINDOWS windows spans >= 11 s)
 MAX_INCREMENTS = 400  # per-sample increments kept for the regression
 MAX_COLUMNS = 24  # task types in one regression (the rest are pooled)
 POOLED = "(other task types)"
@@ -91,6 +101,7 @@ class Trend:
     reasons: list[str] = field(default_factory=list)
     scale: int = 1  # windows merged per trend point (1: the fine scale)
     saturation: float = 1.0  # residuals of the best bounded fill / those of a straight line
+    decel: float = 1.0  # fitted slope at the trend's end / at its start (robust.curvature)
     steps: int = 0  # increments of at least a quarter of the largest one
 
     def as_dict(self) -> dict:
@@ -109,6 +120,7 @@ class Trend:
             "reasons": list(self.reasons),
             "scale": self.scale,
             "saturation": round(self.saturation, 3),
+            "decel": round(self.decel, 3),
             "steps": self.steps,
         }
 
@@ -139,11 +151,13 @@ class Tier1:
         min_windows: int = 5,
         min_growth: int = 2 * 1024 * 1024,
         rel_growth: float = 0.02,
-        min_span_tasks: int = 500,
-        min_span_s: float = 12.0,
+        min_span_tasks: int = 400,
+        min_span_s: float = 10.0,
+        slow_span_s: float = 20.0,
     ) -> None:
         self.min_span_tasks = min_span_tasks
         self.min_span_s = min_span_s
+        self.slow_span_s = slow_span_s
         self.min_samples = min_samples
         self.min_tasks = min_tasks
         self.idle_window = idle_window
@@ -252,7 +266,8 @@ class Tier1:
             w.tasks += d
         if dirty:
             w.contaminated = True
-        if w.samples >= self.min_samples and (w.tasks >= self.min_tasks or t - w.t0 >= self.idle_window):
+        if w.samples >= self.min_samples and t - w.t0 >= MIN_WINDOW_S and (
+                w.tasks >= self.min_tasks or t - w.t0 >= self.idle_window):
             self._close(w)
             return True
         return False
@@ -381,12 +396,16 @@ class Tier1:
         # runs on the sampler thread at every window close, which at 300 tasks/s is every ~0.15 s.
         if len(self.windows) < self.min_windows:
             reasons.append("too few windows")
-        # The trend must cover enough work *or* enough time: MIN_SPAN_TASKS tasks (a task-driven pattern, such
-        # as a GC cycle or a cache filling, repeats or levels off within a few hundred tasks whatever the
-        # rate), or MIN_SPAN_S seconds (a time-driven one: a slow worker does not wait for 500 tasks).
+        # The trend must cover enough time *and* enough work: min_span_s seconds (a fill, however steady,
+        # that lasts only seconds is not a leak), and min_span_tasks tasks (a task-driven pattern, such as a
+        # GC cycle, repeats within a few hundred tasks whatever the rate), or slow_span_s seconds (a slow
+        # worker does not wait minutes for 500 tasks).
         span_tasks = sum(w.tasks for w in ws[1:]) + tasks_before
-        if span_tasks < self.min_span_tasks and ts[-1] - ts[0] < self.min_span_s:
-            reasons.append("trend spans too few tasks and too little time")
+        span_s = ts[-1] - ts[0]
+        if span_s < self.min_span_s:
+            reasons.append("trend spans too little time")
+        elif span_tasks < self.min_span_tasks and span_s < self.slow_span_s:
+            reasons.append("trend spans too few tasks")
         if ys[-1] - ys[-2] <= 0 and ys[-2] - ys[-3] <= 0:
             reasons.append("no growth in the last windows")
         incs = [b - a for a, b in zip(ys, ys[1:])]
@@ -416,6 +435,10 @@ class Tier1:
         tr.slope_early = robust.theil_sen(ts[: half + 1], ys[: half + 1])
         if tr.slope_recent < LEVEL_OFF * max(tr.slope, tr.slope_early):
             reasons.append("growth is levelling off")
+        tr.decel, t_c = robust.curvature(ts, ys)
+        if tr.decel < DECEL_RATIO and t_c <= -DECEL_T:
+            reasons.append(f"growth is decelerating (its pace fell to {max(0.0, tr.decel):.0%} over the trend, "
+                           f"curvature t={t_c:.1f})")
         # A bounded fill (a cache taking random keys, a pool growing to its size) slows down as it fills:
         # while a saturating curve explains the level clearly better than a steady climb, it is not a leak.
         tr.saturation, tau = robust.saturation(ts, ys)
