@@ -13,14 +13,17 @@ What a leak is, for every part of the detector:
    or one it forces within an interval and a pause budget (``fullgc``; when the budget does not allow one,
    the young generations only). The growth must still be there afterwards, in the allocator's in-use bytes
    and on the floor of resident memory, for the trend to be confirmed.
-2. **That keeps growing with tasks or with time, at a steady rate.** The floor (the lowest reading of each
-   window, so a sawtooth does not count) must rise monotonically over a span of at least 500 tasks or 12 s,
-   spread over the windows (not one step: a lazy import, a table loaded once, allocator retention that
-   jumps then plateaus), above an absolute and a relative amount, and not level off. A bounded fill (a
-   cache taking random keys, a pool growing to its size) slows down as it fills: while a saturating curve
-   explains the level clearly better than a straight line, it is not declared.
-3. **Judged on the worker's own scale.** Windows close after a number of samples *and* of tasks, the
-   sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
+2. **That keeps growing with tasks or with time, at a steady pace, for longer than a fill lasts.** The
+   floor (the lowest reading of each window, so a sawtooth does not count) must rise monotonically over at
+   least 10 s *and* 400 tasks (20 s on a slow worker), spread over the windows (not one step: a lazy import,
+   a table loaded once, allocator retention that jumps then plateaus), above an absolute and a relative
+   amount, without levelling off or slowing down. A cache or a pool taking its first entries grows as
+   steadily as a leak until it is full; those fills last seconds, hence the 10 s. A bounded fill with
+   random keys slows as it fills: while a saturating curve explains the level clearly better than a
+   straight line, or a quadratic fit's curvature is significantly negative with the pace falling by a
+   quarter, it is not declared. Nothing is declared sooner, however large the growth: the page waits 10 s.
+3. **Judged on the worker's own scale.** Windows close after a number of samples, 0.75 s *and* a number
+   of tasks, the sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
    defaults serve 5 and 1,000 tasks a second.
 4. **Charged to the task whose calls retain it.** Per-task retention is a robust nonnegative regression of
    the growth on the task counts of short intervals (neighbours' transient allocations are noise, a GC drop

@@ -16,9 +16,9 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
 
 * the trend covers at least 10 s *and* 400 tasks (or 20 s, for a slow worker): growth that lasts only
   seconds is a fill, not a leak (a cache or pool taking its first entries grows as steadily as a leak
-  until it is full, and the fills of real workers last seconds: a fast worker's 500 tasks take half of
-  one), and a task-driven pattern such as a GC cycle shows itself within a few hundred tasks (at the
-  50 tasks/s of a fast worker, the 10 s govern),
+  until it is full, and such fills last seconds: a fast worker's 400 tasks take half of one); a
+  task-driven pattern such as a GC cycle shows itself within a few hundred tasks (from 40 tasks/s up,
+  the 10 s govern),
 * the level has a monotone trend (Mann–Kendall tau and z),
 * its robust (Theil–Sen) slope times the span is above an absolute and relative growth threshold,
 * the growth is spread over the windows (no single increment holds most of it, and at least four windows
@@ -399,7 +399,7 @@ class Tier1:
         # The trend must cover enough time *and* enough work: min_span_s seconds (a fill, however steady,
         # that lasts only seconds is not a leak), and min_span_tasks tasks (a task-driven pattern, such as a
         # GC cycle, repeats within a few hundred tasks whatever the rate), or slow_span_s seconds (a slow
-        # worker does not wait minutes for 500 tasks).
+        # worker does not wait minutes for 400 tasks).
         span_tasks = sum(w.tasks for w in ws[1:]) + tasks_before
         span_s = ts[-1] - ts[0]
         if span_s < self.min_span_s:
