@@ -213,3 +213,47 @@ def test_the_walk_never_lets_a_user_thread_fail_building_a_tuple(monkeypatch):
     assert walks and all(w == [] for w in walks)
     assert errors == 0 and built > 1000, (errors, built)
     del clutter
+
+
+def test_handlers_added_to_a_logger_per_tenant_are_traced_to_the_logger_manager(tmp_path):
+    """One logger per tenant, each given a handler that keeps the tenant's data: the holder is logging's
+    manager (its loggerDict), a few attributes below the logging module's globals, among a worker's modules."""
+    res = _in_worker_heap(tmp_path, """
+        import logging
+
+        def main():
+            last = None
+            for k in range(400):
+                h = logging.NullHandler()
+                h.buffer = last = b"l" * (4000 + k)
+                logging.getLogger(f"worker.tenant.{k}").addHandler(h)
+            report(retention_paths(site_of(last), budget=TIER3_BUDGET.default))
+
+        main()
+    """)
+    paths = res["paths"]
+    assert paths and "loggerDict" in paths[0]["text"] and "NullHandler.buffer" in paths[0]["text"], paths
+    assert paths[0]["complete"]
+
+
+def test_data_kept_in_the_defaults_of_registered_callbacks_is_traced_to_the_registry(tmp_path):
+    """Listeners registered in a module-level list, each a lambda that keeps its event's data as a default
+    argument: the holder is the list, through the function's defaults."""
+    res = _in_worker_heap(tmp_path, """
+        import types
+        mod = types.ModuleType("listeners_mod")
+        sys.modules["listeners_mod"] = mod
+        mod._LISTENERS = []
+
+        def main():
+            last = None
+            for k in range(400):
+                data = last = b"r" * (4000 + k)
+                mod._LISTENERS.append(lambda event, data=data: len(data) + len(event))
+            report(retention_paths(site_of(last), budget=TIER3_BUDGET.default))
+
+        main()
+    """)
+    paths = res["paths"]
+    assert paths and "_LISTENERS" in paths[0]["text"], paths
+    assert paths[0]["complete"]

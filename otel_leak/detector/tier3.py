@@ -79,6 +79,32 @@ def _tail(o, n: int = 8) -> list:
     return list(itertools.islice(o, max(n, 64)))
 
 
+def _in_tail(o, at_site, parent: dict):
+    """``(target, holder)`` when one of container ``o``'s newest entries was allocated at the site, or holds
+    such an object in its own data: a callback's defaults or closure (a registry of listeners), an
+    instance's attributes (a registry of handlers). The links from ``o`` down to the holder go into
+    ``parent``. None otherwise."""
+    tail = _tail(o)
+    for r in tail:
+        if at_site(r):
+            return r, o
+    for r in tail:
+        t = type(r)
+        if t in _ATOMIC or t in _SKIP:
+            continue
+        for x in (_referents(r) if t is _FUNCTION else (d,) if type(d := _own_dict(r)) is dict else ()):
+            for y in gc.get_referents(x):
+                if type(y) is _CELL:
+                    cell, y = y, (gc.get_referents(y) or (None,))[0]
+                    if y is not None and at_site(y):
+                        parent[id(r)], parent[id(x)], parent[id(cell)] = o, r, x
+                        return y, cell
+                elif at_site(y):
+                    parent[id(r)], parent[id(x)] = o, r
+                    return y, x
+    return None
+
+
 def _referents(o) -> list:
     """What the walk follows from ``o``: the collector's view of its references (no code of ``o`` runs);
     of a very long container only its newest entries."""
@@ -118,6 +144,14 @@ def _describe(obj, child, modules: dict[int, str]) -> dict:
                     d["index"] = i
                     break
             d["len"] = len(obj)
+        elif type(obj) is _FUNCTION:
+            d["qualname"] = str(obj.__qualname__)[:80]  # (a function's own slots: no user code runs)
+            for attr in ("__defaults__", "__closure__", "__kwdefaults__"):
+                if object.__getattribute__(obj, attr) is child:
+                    d["attr"] = attr
+                    break
+        elif type(obj) is _CELL:
+            d["attr"] = "cell_contents"
         elif type(obj) is _FRAME:
             d["function"] = obj.f_code.co_name
             d["file"] = obj.f_code.co_filename
@@ -217,12 +251,10 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
         try:
             for v in list(d.values()):
                 if type(v) in _BIG_TYPES and len(v) >= BIG:
-                    for r in _tail(v):
-                        if at_site(r):
-                            target, holder = r, v
-                            parent[id(v)] = d
-                            break
-                    if target is not None:
+                    hit = _in_tail(v, at_site, parent)
+                    if hit is not None:
+                        target, holder = hit
+                        parent[id(v)] = d
                         break
         except Exception:
             continue
@@ -250,10 +282,10 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
                     return
                 try:
                     if type(o) in _BIG_TYPES and len(o) >= BIG:
-                        for r in _tail(o):
-                            if at_site(r):
-                                found.append((r, o))
-                                return
+                        hit = _in_tail(o, at_site, parent)
+                        if hit is not None:
+                            found.append(hit)
+                            return
                     for r in _referents(o):
                         t = type(r)
                         if t in _SKIP:
@@ -312,7 +344,7 @@ def _step_text(s: dict) -> str:
     if "function" in s:
         local = f" local {s['key']!r}" if "key" in s else ""
         return f"{s['function']}(){local} at {s['file']}:{s['line']}"
-    head = s.get("module", s["type"])
+    head = s.get("module") or s.get("qualname") or s["type"]
     if "key" in s:
         return f"{head}[{s['key']}]"
     if "index" in s:
