@@ -15,7 +15,7 @@ What a leak is, for every part of the detector:
    and on the floor of resident memory, for the trend to be confirmed.
 2. **That keeps growing with tasks or with time, at a steady pace, for longer than a fill lasts.** The
    floor (the lowest reading of each window, so a sawtooth does not count) must rise monotonically over at
-   least 10 s *and* 400 tasks (20 s on a slow worker), spread over the windows (not one step: a lazy import,
+   least 10 s *and* 400 tasks (12 s on a slow worker), spread over the windows (not one step: a lazy import,
    a table loaded once, allocator retention that jumps then plateaus), above an absolute and a relative
    amount, without levelling off or slowing down. A cache or a pool taking its first entries grows as
    steadily as a leak until it is full; those fills last seconds, hence the 10 s. A bounded fill with

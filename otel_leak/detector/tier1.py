@@ -14,7 +14,7 @@ Per window the floor is the lowest resident memory seen in it (a GC sawtooth doe
 point). Window-to-window floor increments build a *level* series (increments across a window that tier 2
 contaminated with tracemalloc's own memory are dropped). A leak is declared when, over the recent windows,
 
-* the trend covers at least 10 s *and* 400 tasks (or 20 s, for a slow worker): growth that lasts only
+* the trend covers at least 10 s *and* 400 tasks (or 12 s, for a slow worker): growth that lasts only
   seconds is a fill, not a leak (a cache or pool taking its first entries grows as steadily as a leak
   until it is full, and such fills last seconds: a fast worker's 400 tasks take half of one); a
   task-driven pattern such as a GC cycle shows itself within a few hundred tasks (from 40 tasks/s up,
@@ -153,7 +153,7 @@ class Tier1:
         rel_growth: float = 0.02,
         min_span_tasks: int = 400,
         min_span_s: float = 10.0,
-        slow_span_s: float = 20.0,
+        slow_span_s: float = 12.0,
     ) -> None:
         self.min_span_tasks = min_span_tasks
         self.min_span_s = min_span_s
@@ -399,7 +399,7 @@ class Tier1:
         # The trend must cover enough time *and* enough work: min_span_s seconds (a fill, however steady,
         # that lasts only seconds is not a leak), and min_span_tasks tasks (a task-driven pattern, such as a
         # GC cycle, repeats within a few hundred tasks whatever the rate), or slow_span_s seconds (a slow
-        # worker does not wait minutes for 400 tasks).
+        # worker does not wait minutes for 400 tasks: at 16 tasks/s and 256 KiB per call a leak keeps 4 MiB/s).
         span_tasks = sum(w.tasks for w in ws[1:]) + tasks_before
         span_s = ts[-1] - ts[0]
         if span_s < self.min_span_s:
