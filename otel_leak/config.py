@@ -181,6 +181,59 @@ SETUP_SDK = setting(
     "(exporters only where OTEL_<SIGNAL>_EXPORTER names them). otel-leak run sets it for its command; "
     "otel_leak.instrument() does this whatever its value.",
 )
+# Memory-budget guard (otel_leak.guard): recycles a leaking worker process between tasks
+GUARD = setting(
+    "GUARD",
+    "choice",
+    "off",
+    "Memory-budget guard: off; dry-run (record, on the task span, a counter, a log record and the report, what "
+    "it would recycle, and recycle nothing); on (recycle the process between tasks: a Celery prefork child "
+    "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm).",
+    choices=("off", "dry-run", "on"),
+)
+GUARD_BUDGET = setting(
+    "GUARD_BUDGET",
+    "float",
+    0.8,
+    "Soft memory budget of one process: bytes, or a share (0 < x <= 1) of the memory limit (MEMORY_LIMIT, "
+    "else cgroup memory.max, else RLIMIT_AS). A floor at or above it recycles only while the detector's "
+    "verdict is leak, and never in a process whose first reading was already above it. 0: no soft budget.",
+    minimum=0,
+)
+GUARD_HARD_BUDGET = setting(
+    "GUARD_HARD_BUDGET",
+    "float",
+    0.95,
+    "Hard memory budget (bytes or a share of the limit, as GUARD_BUDGET): a floor at or above it recycles "
+    "whatever the verdict. 0: no hard budget.",
+    minimum=0,
+)
+GUARD_MIN_TIME_TO_LIMIT = setting(
+    "GUARD_MIN_TIME_TO_LIMIT",
+    "float",
+    600.0,
+    "Seconds: while the verdict is leak, recycle when the floor, at its trend's slope, would reach the "
+    "memory limit sooner than this. 0: off.",
+    minimum=0,
+)
+GUARD_MAX_RECYCLES_PER_HOUR = setting(
+    "GUARD_MAX_RECYCLES_PER_HOUR",
+    "int",
+    6,
+    "Recycles per hour for all the processes sharing the guard's directory (REPORT_DIR, else one per user "
+    "and service in the temporary directory); beyond, the guard only records and logs (the alert pages).",
+    minimum=0,
+    maximum=100_000,
+)
+GUARD_JITTER = setting(
+    "GUARD_JITTER",
+    "float",
+    10.0,
+    "Seconds: a recycle waits a random delay up to this long after it is decided (processes that cross "
+    "their budgets together do not all go at once).",
+    minimum=0,
+    maximum=3600,
+)
 
 
 def markdown_table() -> str:

@@ -187,6 +187,25 @@ DETECTOR_FLOOR_SLOPE = Metric(
     "Robust slope of the resident-memory floor, as estimated by the detector.",
 )
 
+# Memory-budget guard (otel_leak.guard). Not in ALL_METRICS yet: no dashboard panel or alert reads it so far
+# (ALL_METRICS is what the dashboards must cover).
+GUARD_RECYCLES = Metric(
+    "otel_leak.guard.recycles",
+    "{recycle}",
+    "counter",
+    "Recycles the memory-budget guard decided, by reason, mode and outcome (recycled, or why not: dry_run, "
+    "rate_limited, started_over_budget, other_recycling, unsupported).",
+)
+ATTR_GUARD_REASON = "otel_leak.guard.reason"  # "budget" | "hard_budget" | "time_to_limit"
+ATTR_GUARD_MODE = "otel_leak.guard.mode"  # "dry-run" | "on"
+ATTR_GUARD_OUTCOME = "otel_leak.guard.outcome"  # "recycled" | "dry_run" | "rate_limited" | ...
+ATTR_GUARD_WHEN = "otel_leak.guard.when"  # "pre_task" | "post_task"
+ATTR_GUARD_FLOOR = "otel_leak.guard.floor"  # int bytes, the floor the decision read
+ATTR_GUARD_BUDGET = "otel_leak.guard.budget"  # int bytes, the budget crossed (soft or hard)
+ATTR_GUARD_TIME_TO_LIMIT = "otel_leak.guard.time_to_limit"  # float seconds, when known
+EVENT_GUARD = "otel_leak.guard.recycle"  # span event on the current task span, one per guard record
+GUARD_METRICS = (GUARD_RECYCLES,)
+
 PROCESS_METRICS = (
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
