@@ -77,6 +77,9 @@ class Runtime:
         # tasks that run meanwhile are counted from it (attached after, it would wait a whole interval).
         self.detector = None
         self._attach_detector(meter, logger_provider)
+        from otel_leak.guard import start as start_guard  # None unless OTEL_PYTHON_LEAK_GUARD is set; never raises
+
+        self.guard = start_guard(self, meter)
         self._meter_provider = meter_provider
         try:
             from otel_leak import _sdk

@@ -244,6 +244,7 @@ def build_report(det, final: bool = False) -> dict:
         },
         "series": det.series.as_dict(),
         "events": list(det.events),
+        "guard": det.guard.for_report() if getattr(det, "guard", None) is not None else None,  # otel_leak.guard
     }
 
 

@@ -141,3 +141,14 @@ def _validate(d: Any, p: list[str]) -> None:
             p.append("series: columns differ in length")
     if not isinstance(d.get("events"), list):
         p.append("process.events: expected a list")
+    guard = d.get("guard")  # optional: the memory-budget guard's object (otel_leak.guard), null when it is off
+    if guard is not None:
+        if not isinstance(guard, dict):
+            p.append("process.guard: expected an object or null")
+        else:
+            need(guard, "mode", "guard", lambda v: v in ("dry-run", "on"), "dry-run or on")
+            for k in ("recycles", "dry_run_recycles"):
+                need(guard, k, "guard", lambda v: _int(v) and v >= 0, "an integer >= 0")
+            need(guard, "entries", "guard", lambda v: isinstance(v, list) and all(
+                isinstance(e, dict) and isinstance(e.get("reason"), str) and isinstance(e.get("outcome"), str)
+                for e in v), "a list of {reason, outcome, ...}")

@@ -234,8 +234,9 @@ def _process_entry(doc: dict, problems: list[str], path: str, run_start: float |
         "series": _series(doc),
         "events": _events(doc),
     }
-    # Extra per-task estimates the detector may publish for every task type (not only suspects).
-    for key in ("tasks", "task_estimates", "profile"):
+    # Extra per-task estimates the detector may publish for every task type (not only suspects), and the
+    # memory-budget guard's record (otel_leak.guard).
+    for key in ("tasks", "task_estimates", "profile", "guard"):
         if isinstance(doc.get(key), (list, dict)):
             entry[key] = doc[key]
     if problems:
