@@ -15,7 +15,8 @@ sawtooth does not count):
 
 Safety: a process whose first reading was already above the budget is not recycled for that budget (its
 replacement would start there too: a restart loop); recycles are rate-limited per directory and never more
-than one process of the directory recycles at once (:class:`~otel_leak.guard_shared.Shared`); a soft recycle waits a random jitter.
+than one process of the directory recycles at once (:class:`~otel_leak.guard_shared.Shared`); a soft recycle
+waits a random jitter.
 Every decision, taken or not, is recorded once per process and outcome: a span event on the task span, the
 ``otel_leak.guard.recycles`` counter, one log record, and an entry in the process report (``guard``).
 Nothing here raises into the worker: an internal error disables the guard with one warning.
