@@ -79,15 +79,17 @@ def _tail(o, n: int = 8) -> list:
     return list(itertools.islice(o, max(n, 64)))
 
 
-def _in_tail(o, at_site, parent: dict):
-    """``(target, holder)`` when one of container ``o``'s newest entries was allocated at the site, or holds
-    such an object in its own data: a callback's defaults or closure (a registry of listeners), an
-    instance's attributes (a registry of handlers). The links from ``o`` down to the holder go into
-    ``parent``. None otherwise."""
+def _in_tail(o, at_site, parent: dict, deep: bool):
+    """``(target, holder)`` when one of container ``o``'s newest entries was allocated at the site, or
+    (``deep``) holds such an object in its own data: a callback's defaults or closure (a registry of
+    listeners), an instance's attributes (a registry of handlers). The links from ``o`` down to the holder
+    go into ``parent``. None otherwise."""
     tail = _tail(o)
     for r in tail:
         if at_site(r):
             return r, o
+    if not deep:
+        return None
     for r in tail:
         t = type(r)
         if t in _ATOMIC or t in _SKIP:
@@ -242,22 +244,25 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     # First, cheaply, the large containers that are module globals themselves (the commonest holder: a
     # module-level cache or registry), application modules first, within a third of the budget (on a busy
     # worker's ~1,000 roots this pass alone took 0.2 s), before the walk spends the rest module by module.
-    cheap_deadline = time.monotonic() + budget / 3
-    for d in roots:
-        if target is not None or time.monotonic() > cheap_deadline:
-            break
-        if type(d) is not dict:
-            continue
-        try:
-            for v in list(d.values()):
-                if type(v) in _BIG_TYPES and len(v) >= BIG:
-                    hit = _in_tail(v, at_site, parent)
-                    if hit is not None:
-                        target, holder = hit
-                        parent[id(v)] = d
-                        break
-        except Exception:
-            continue
+    # The entries themselves first; then, within a sixth of the budget more, what the newest entries hold
+    # in their own data (a registry of callbacks keeping their data as defaults or in closures).
+    for deep, share in ((False, 1 / 3), (True, 1 / 6)):
+        cheap_deadline = time.monotonic() + budget * share
+        for d in roots:
+            if target is not None or time.monotonic() > cheap_deadline:
+                break
+            if type(d) is not dict:
+                continue
+            try:
+                for v in list(d.values()):
+                    if type(v) in _BIG_TYPES and len(v) >= BIG:
+                        hit = _in_tail(v, at_site, parent, deep)
+                        if hit is not None:
+                            target, holder = hit
+                            parent[id(v)] = d
+                            break
+            except Exception:
+                continue
     # Then a walk over references, breadth first, in two passes. First each root's data (instances,
     # containers, classes), over at most ``per_root`` objects not seen from an earlier root, the
     # functions it reaches (whose closures and defaults rarely hold the data, and there are many) put
@@ -282,7 +287,7 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
                     return
                 try:
                     if type(o) in _BIG_TYPES and len(o) >= BIG:
-                        hit = _in_tail(o, at_site, parent)
+                        hit = _in_tail(o, at_site, parent, False)
                         if hit is not None:
                             found.append(hit)
                             return
