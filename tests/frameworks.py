@@ -74,6 +74,18 @@ def check_task_spans(text: str, system: str, expected: dict[str, int], queue: st
     return tasks
 
 
+def process_files(proc_dir: Path) -> dict[int, dict]:
+    """The per-process report files in ``proc_dir`` by pid (a file being rewritten is skipped)."""
+    out = {}
+    for f in proc_dir.glob("*.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        out[doc["pid"]] = doc
+    return out
+
+
 class OtelLeakRun:
     """``otel-leak run --report R -- *command`` in ``cwd``, output to ``log``; each process's file in ``procs``."""
 
@@ -95,14 +107,7 @@ class OtelLeakRun:
                                      stderr=subprocess.STDOUT)
 
     def process_files(self) -> dict[int, dict]:
-        out = {}
-        for f in self.procs.glob("*.json"):
-            try:
-                doc = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            out[doc["pid"]] = doc
-        return out
+        return process_files(self.procs)
 
     def declared(self, task: str) -> bool:
         """Whether some process has declared a leak with ``task`` as its top suspect."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, parse_console_exports
+from tests.frameworks import process_files as _files
 
 OTEL_LEAK = str(Path(sys.executable).parent / "otel-leak")
 APP = "tests.workers.guard_celery_app"
@@ -61,17 +62,6 @@ def _wait(results, timeout: float = 60.0) -> list[int]:
                 raise TimeoutError(f"no result for {r.id} in {timeout} s")
             time.sleep(0.003)
         out.append(r.get(timeout=5))
-    return out
-
-
-def _files(proc_dir: Path) -> dict[int, dict]:
-    out = {}
-    for f in proc_dir.glob("*.json"):
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        out[doc["pid"]] = doc
     return out
 
 
