@@ -79,6 +79,7 @@ class Rules:
         g = f"sum by ({P}, {TASK}) (rate({growth}[{m.task_window}]))"
         r = f"sum by ({P}, {TASK}) (rate({release}[{m.task_window}]))"
         calls = f"sum by ({P}, {TASK}) (rate({self.sel(names.TASK_COUNT)}[{m.task_window}]))"
+        measured = f"sum by ({P}, {TASK}) (rate({self.sel(names.TASK_MEASURED)}[{m.task_window}]))"
         pause_sum = self.sel(names.GC_PAUSE, "_sum")
         pause_count = self.sel(names.GC_PAUSE, "_count")
         age = m.fleet_min_age
@@ -111,13 +112,15 @@ class Rules:
             {"record": R["service_mature_slope"], "expr": f"avg by ({S}) ({R['mature_slope']})"},
             {
                 # NAIVE per-task signal, for dashboards only: growth minus release of resident memory measured
-                # around each call; a task type with only one of the two histograms counts the other as 0. A
-                # neighbour of the leaking task can carry the growth (it allocates into fresh pages because
-                # the leak kept the freed ones), so no alert uses these two rules.
-                "record": R["task_net_growth_rate"],
-                "expr": f"({g} or 0 * {r})\n- ({r} or 0 * {g})",
+                # around each call, per measured call (a fast worker measures a random sample of its task
+                # spans: otel_leak.task.measured counts them); a task type with only one of the two
+                # histograms counts the other as 0. A neighbour of the leaking task can carry the growth (it
+                # allocates into fresh pages because the leak kept the freed ones), so no alert uses these
+                # two rules.
+                "record": R["task_net_growth_per_call"],
+                "expr": f"(({g} or 0 * {r})\n- ({r} or 0 * {g}))\n/ ({measured} > 0)",
             },
-            {"record": R["task_net_growth_per_call"], "expr": f"{R['task_net_growth_rate']}\n/ ({calls} > 0)"},
+            {"record": R["task_net_growth_rate"], "expr": f"{R['task_net_growth_per_call']}\n* on({P}, {TASK}) {calls}"},
             {
                 # What the alert uses: the detector's attribution (regression of window growth on task counts,
                 # tracemalloc in tier 2) in bytes per call of each suspected task type, times its call rate.

@@ -171,6 +171,17 @@ START_READING_MAX_AGE_US = setting(
     minimum=0,
     maximum=1_000_000,
 )
+TASK_READ_BUDGET = setting(
+    "TASK_READ_BUDGET",
+    "float",
+    0.005,
+    "Share of wall-clock time task spans may spend reading resident memory (one /proc/self/statm read "
+    "per task, 1-5 us). While the reads stay within it every task span is measured; a faster worker has a "
+    "random sample of its task spans measured (re-decided at every sampler tick, at least 1 in 100), so "
+    "the reads cost at most this share at any task rate. Every task is still counted. 1 measures every task.",
+    minimum=0.0001,
+    maximum=1,
+)
 GC_PAUSE = setting("GC_PAUSE", "bool", True, "Time garbage-collection pauses through gc.callbacks.")
 SETUP_SDK = setting(
     "SETUP_SDK",

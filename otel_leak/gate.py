@@ -3,7 +3,8 @@
 Evidence, per release (``service_version``), over the last ``window``:
 
 * the net resident-memory change per completed task, all task types pooled: (growth histogram sum −
-  release histogram sum) / completed tasks, in ``POINTS`` consecutive sub-windows, so each release gets a
+  release histogram sum) / measured tasks (all of them below the read budget, a random sample above it),
+  in ``POINTS`` consecutive sub-windows, so each release gets a
   robust centre (median) and a standard error (a canary and its baseline serve the same traffic, so the same mix);
 * whether the embedded detector declared a leak in any of its processes during the window, and the task
   types it names at its end with their retained bytes per call (its regression on task counts: the one per-task figure that is right when
@@ -71,7 +72,8 @@ def net_per_call(selector: str, service: str, window: str, version: str | None =
     by = f"{names.LABEL_VERSION}, {names.LABEL_TASK}" if per_task else names.LABEL_VERSION
     grow = f"sum by ({by}) (increase({names.TASK_MEMORY_GROWTH.prom}_sum{{{s}}}[{window}]))"
     rel = f"sum by ({by}) (increase({names.TASK_MEMORY_RELEASE.prom}_sum{{{s}}}[{window}]))"
-    count = f"sum by ({by}) (increase({names.TASK_COUNT.prom}{{{s}}}[{window}]))"
+    # Per measured call: a fast worker measures a random sample of its task spans (the read budget).
+    count = f"sum by ({by}) (increase({names.TASK_MEASURED.prom}{{{s}}}[{window}]))"
     return f"({grow} - ({rel} or {grow} * 0)) / {count}"
 
 

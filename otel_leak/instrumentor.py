@@ -49,6 +49,7 @@ class Runtime:
             max_task_types=config.get(config.MAX_TASK_TYPES),
             heap_blocks=config.get(config.TASK_HEAP_BLOCKS),
             start_max_age_us=config.get(config.START_READING_MAX_AGE_US),
+            read_budget=config.get(config.TASK_READ_BUDGET),
         )
         self.sampler = Sampler(
             self.memory,

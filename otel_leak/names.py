@@ -148,6 +148,13 @@ GC_PAUSE = Metric(
 
 # Per-task-type metrics (attribute ATTR_TASK_NAME), recorded with exemplars
 TASK_COUNT = Metric("otel_leak.task.count", "{task}", "counter", "Task spans completed, by task type.")
+TASK_MEASURED = Metric(
+    "otel_leak.task.measured",
+    "{task}",
+    "counter",
+    "Task spans whose resident memory was measured, by task type: all of them while the reads fit the read "
+    "budget, a random sample on faster workers. The growth and release histograms cover these spans only.",
+)
 TASK_MEMORY_GROWTH = Metric(
     "otel_leak.task.memory.growth",
     UNIT_BYTES,
@@ -219,7 +226,7 @@ PROCESS_METRICS = (
     HEAP_TRACED,
     GC_PAUSE,
 )
-TASK_METRICS = (TASK_COUNT, TASK_MEMORY_GROWTH, TASK_MEMORY_RELEASE)
+TASK_METRICS = (TASK_COUNT, TASK_MEASURED, TASK_MEMORY_GROWTH, TASK_MEMORY_RELEASE)
 DETECTOR_METRICS = (DETECTOR_VERDICT, DETECTOR_CONFIDENCE, DETECTOR_RETAINED_PER_CALL, DETECTOR_FLOOR_SLOPE)
 ALL_METRICS = PROCESS_METRICS + TASK_METRICS + DETECTOR_METRICS
 

@@ -3,7 +3,8 @@
 Each probe reads one thing and never raises: a probe that fails disables itself with one warning and from
 then on returns ``None`` (or its neutral value). Readers that hold per-process state (the kept
 ``/proc/self/statm`` fd, a psutil ``Process``) are re-created in the child after ``fork`` — a reader
-created in the parent keeps reading the *parent* (FACTS.md: the contrib system-metrics bug).
+created in the parent keeps reading the *parent* (the bug of opentelemetry-instrumentation-system-metrics,
+whose psutil ``Process`` outlives a fork).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class MemoryProbe:
 
     def __init__(self) -> None:
         self.last: tuple[float, int] = self.NEVER
+        self.reads = 0  # rss() reads, all threads
+        self.read_cost = 2e-6  # seconds, a running median of their duration
         self._fd = -1
         self._psutil_proc = None
         self.disabled = False
@@ -103,8 +106,16 @@ class MemoryProbe:
         fd = self._fd
         if fd >= 0:
             try:
+                t0 = _now()
                 value = int(_pread(fd, 64, 0).split(b" ", 2)[1]) * _PAGE
-                self.last = (_now(), value)
+                t1 = _now()
+                # A running median of the read's duration (the processor's read budget): a read is where
+                # the thread lets go of the interpreter lock, so some last as long as another thread's
+                # turn; the median is what the read itself costs.
+                cost = self.read_cost
+                self.read_cost = cost * 1.02 if t1 - t0 > cost else cost * 0.98
+                self.reads += 1
+                self.last = (t1, value)
                 return value
             except Exception:
                 pass

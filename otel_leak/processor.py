@@ -14,6 +14,16 @@ twice is measured once, a span ended in another thread is measured there.
 Back-to-back tasks share a reading: a start reading reuses the process's latest one when it is at most
 ``OTEL_PYTHON_LEAK_START_READING_MAX_AGE_US`` old (default 50 µs), so a busy worker pays for one
 ``/proc/self/statm`` read per task instead of two. End readings are always fresh.
+
+Those reads are most of what a task span pays (a /proc read costs 1-5 µs, several times the rest of the
+processor's work), so they have a budget: ``OTEL_PYTHON_LEAK_TASK_READ_BUDGET``, a share of wall-clock
+time (default 0.5 %). At every sampler tick the processor compares the time the reads took with the
+budget and sets the share of task spans it measures; while the reads fit, that is every span, on a faster
+worker a random sample of them (random, so no task type is favoured by the order tasks run in). A span not
+measured is still counted (the detector regresses memory on the counts, never on per-span readings) and
+still gets the suspect event; it carries no memory attributes and records no histogram point. While
+tracemalloc traces (a tier-2 window) every task span is measured. ``otel_leak.task.measured`` counts the
+measured spans, so per-call figures divide by it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ import collections
 import logging
 import os
 import re
+import time
+from random import random as _random
 from functools import partial
 from tracemalloc import get_traced_memory as _traced
 from tracemalloc import is_tracing as _is_tracing
@@ -72,6 +84,11 @@ _A_GC_PAUSE = names.SPAN_GC_PAUSE
 _A_BLOCKS_DELTA = names.SPAN_HEAP_BLOCKS_DELTA
 _A_TRACED_DELTA = names.SPAN_HEAP_TRACED_DELTA
 
+# The start "reading" of a task span whose memory is not measured (the read budget's sample left it out).
+_UNMEASURED = ()
+# The read budget's sample never measures fewer than this share of task spans.
+MIN_MEASURED_SHARE = 0.01
+
 # Resident memory moves in 4 KiB pages: buckets from one page to 1 GiB, x4 apart.
 TASK_MEMORY_BUCKETS = tuple(4096 * 4**i for i in range(10))
 
@@ -86,6 +103,17 @@ def create_histogram(meter, metric: names.Metric, buckets):
         )
     except TypeError:  # API older than 1.23: no advisory buckets
         return meter.create_histogram(metric.name, unit=metric.unit, description=metric.description)
+
+
+def _suspect_event(span, event: dict | None) -> None:
+    """The suspect event on a task span of a suspected task type (``event`` None: not suspected)."""
+    if event is None:
+        return
+    if getattr(span, "end_time", None) is not None:
+        # add_event refuses an ended span (_on_ending); its event list is what is exported
+        span._events.append(Event(names.EVENT_LEAK_SUSPECT, BoundedAttributes(attributes=event)))
+    else:
+        span.add_event(names.EVENT_LEAK_SUSPECT, event)
 
 
 def _http_identity(span, attrs) -> str | None:
@@ -105,6 +133,7 @@ class TaskStats:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.measured: dict[str, int] = {}  # of those, the spans whose memory was measured
         self.recent_traces: dict[str, collections.deque[int]] = {}
         # While tracemalloc traces (a tier-2 window): per task type [calls, sum, sum of squares] of the
         # traced-bytes change of the tasks no other task overlapped (none running as it started, none
@@ -142,6 +171,7 @@ class TaskStats:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.measured.clear()
         self.recent_traces.clear()
         self.traced.clear()
         self.overlapped = 0
@@ -171,9 +201,13 @@ class TaskSpanProcessor(SpanProcessor):
         max_task_types: int = 100,
         heap_blocks: bool = False,
         start_max_age_us: float = 50.0,
+        read_budget: float = 0.005,
     ) -> None:
         self.heap_blocks = heap_blocks
         self.start_max_age = start_max_age_us / 1e6
+        self.read_budget = read_budget
+        self.measured_share = 1.0  # of task spans, set at each sampler tick (adapt_measured_share)
+        self._budget_mark = (time.perf_counter(), memory.reads)
         # SDK >= 1.40 calls _on_ending before on_end; older ones never do (the end wrapper is used then).
         self.on_ending = hasattr(SpanProcessor, "_on_ending")
         self.memory = memory
@@ -198,6 +232,12 @@ class TaskSpanProcessor(SpanProcessor):
             callbacks=[self._observe_counts],
             unit=names.TASK_COUNT.unit,
             description=names.TASK_COUNT.description,
+        )
+        meter.create_observable_counter(
+            names.TASK_MEASURED.name,
+            callbacks=[self._observe_measured],
+            unit=names.TASK_MEASURED.unit,
+            description=names.TASK_MEASURED.description,
         )
         # Bounded: at 1 s flushes this holds 65k tasks/s; beyond that the oldest measurements are dropped.
         self._pending: collections.deque = collections.deque(maxlen=65536)
@@ -237,9 +277,9 @@ class TaskSpanProcessor(SpanProcessor):
     #    attributes into the span's BoundedAttributes store, which end() has marked immutable for the
     #    public setters but which the ReadableSpan handed to on_end shares. About 0.2 us of plumbing.
     #  * otherwise (SDK 1.39, or a span whose attributes are not a BoundedAttributes): ``end`` on the
-    #    span instance is replaced by a partial that measures and sets the attributes before the real end
-    #    (FACTS.md). About 1 us: an instance attribute shadowing a method slows every later attribute
-    #    access on that span.
+    #    span instance is replaced by a partial that measures and sets the attributes before the real
+    #    end. About 1 us: an instance attribute shadowing a method slows every later attribute access on
+    #    that span.
     def on_start(self, span, parent_context=None) -> None:
         if not self.enabled:
             return
@@ -252,6 +292,14 @@ class TaskSpanProcessor(SpanProcessor):
                     attrs = getattr(span, "_attributes", None)  # .attributes would copy it into a proxy
                     if not attrs or _A_TASK not in attrs:
                         return
+            share = self.measured_share
+            if share < 1.0 and _random() >= share and not _is_tracing():
+                # Not in the read budget's sample: counted as it ends, nothing read.
+                if self.on_ending and type(getattr(span, "_attributes", None)) is BoundedAttributes:
+                    span._otel_leak_start = _UNMEASURED
+                else:
+                    span.end = partial(self._end, span, span.end, _UNMEASURED)
+                return
             start_rss = self.memory.recent_rss(self.start_max_age)
             if start_rss is None:
                 return
@@ -286,6 +334,9 @@ class TaskSpanProcessor(SpanProcessor):
         if start is None or not self.enabled:
             return
         span._otel_leak_start = None  # measured once
+        if start is _UNMEASURED:
+            self._count_only(span)
+            return
         try:
             rss = self.memory.rss()
             if rss is None:
@@ -326,21 +377,51 @@ class TaskSpanProcessor(SpanProcessor):
                 span.set_attributes(attributes)
             counts = stats.counts
             counts[name] = counts.get(name, 0) + 1
+            measured = stats.measured
+            measured[name] = measured.get(name, 0) + 1
             ctx = span.get_span_context()
             tt.traces.append(ctx.trace_id)  # shared with stats.recent_traces
             if stats.suspects:
-                event = stats.suspects.get(name)
-                if event is not None:
-                    if getattr(span, "end_time", None) is not None:
-                        # add_event refuses an ended span (_on_ending); its event list is what is exported
-                        span._events.append(Event(names.EVENT_LEAK_SUSPECT, BoundedAttributes(attributes=event)))
-                    else:
-                        span.add_event(names.EVENT_LEAK_SUSPECT, event)
+                _suspect_event(span, stats.suspects.get(name))
             if delta:
                 # Recording into an SDK histogram costs 5-8 us: the sampler thread does it (flush_metrics).
                 self._pending.append((tt, delta, ctx))
         except Exception as exc:
             self._fail(exc)
+
+    def _count_only(self, span) -> None:
+        """A task span outside the read budget's sample: its count and the suspect event, nothing read."""
+        try:
+            bounded = getattr(span, "_attributes", None)
+            store = bounded._dict if type(bounded) is BoundedAttributes else span.attributes
+            tt = self._identify(span, store) if store else self._types.get(span.name) or self._identify(span, store)
+            name = tt.name
+            stats = self.stats
+            counts = stats.counts
+            counts[name] = counts.get(name, 0) + 1
+            if stats.suspects:
+                _suspect_event(span, stats.suspects.get(name))
+        except Exception as exc:
+            self._fail(exc)
+
+    def adapt_measured_share(self) -> float:
+        """Set the share of task spans to measure from the reads made since the last call and their cost.
+
+        Called at each sampler tick. The share falls at once to what fits the budget and rises at most
+        twofold per tick (a burst of tasks is not followed by a burst of reads); never below
+        ``MIN_MEASURED_SHARE``. Returns the share."""
+        memory = self.memory
+        now, reads = time.perf_counter(), memory.reads
+        t0, reads0 = self._budget_mark
+        elapsed = now - t0
+        if elapsed < 0.01:
+            return self.measured_share
+        self._budget_mark = (now, reads)
+        used = (reads - reads0) * memory.read_cost / elapsed
+        share = self.measured_share
+        wanted = share * self.read_budget / used if used > 0 else 1.0
+        self.measured_share = min(1.0, max(MIN_MEASURED_SHARE, min(wanted, share * 2)))
+        return self.measured_share
 
     def _end(self, span, real_end, start, end_time=None):
         """``span.end`` while the task runs (the fallback path): measure, then the real ``end``."""
@@ -361,8 +442,11 @@ class TaskSpanProcessor(SpanProcessor):
         """Record the buffered task measurements (sampler thread, force_flush, exit).
 
         Each carries its span's context, so exemplars link the histogram to the task's trace even though
-        the span has ended (FACTS.md: pass the context explicitly).
+        the span has ended (pass the context explicitly: the span is no longer current). At a sampler
+        tick (``_sample`` given) the read budget's share is re-decided first.
         """
+        if _sample is not None:
+            self.adapt_measured_share()
         pop = self._pending.popleft
         growth, release = self._growth.record, self._release.record
         while True:
@@ -380,6 +464,10 @@ class TaskSpanProcessor(SpanProcessor):
         types = self._types
         return [Observation(count, types[name].attrs) for name, count in list(self.stats.counts.items()) if name in types]
 
+    def _observe_measured(self, options):
+        types = self._types
+        return [Observation(n, types[name].attrs) for name, n in list(self.stats.measured.items()) if name in types]
+
     def _fail(self, exc: BaseException) -> None:
         if not self._failed:
             self._failed = True
@@ -390,6 +478,8 @@ class TaskSpanProcessor(SpanProcessor):
         self._types = {}
         self._pending.clear()
         self.stats.reset()
+        self.measured_share = 1.0
+        self._budget_mark = (time.perf_counter(), self.memory.reads)
 
     def on_end(self, span) -> None:
         pass

@@ -20,6 +20,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from otel_leak import names
 from otel_leak.instrumentor import Runtime
 from otel_leak.probes import MemoryProbe
+from otel_leak.processor import MIN_MEASURED_SHARE
 
 
 class Env:
@@ -392,3 +393,70 @@ def test_a_task_running_across_the_detectors_own_snapshot_is_not_counted_as_alon
     del snap
     assert "across" not in stats.traced and stats.overlapped == 1, stats.traced
     assert stats.traced["before"][0] == 1 and stats.traced["after"][0] == 1
+
+
+def test_fast_worker_measures_a_random_sample_and_counts_every_task(env):
+    """Above the read budget only a sample of task spans is measured; every task is still counted, the
+    sample's spans carry the memory attributes and the histograms, the rest only the suspect event."""
+    import random
+
+    random.seed(7)
+    env.processor.measured_share = 0.25
+    env.processor.stats.suspects = {"b": {names.ATTR_TASK_NAME: "b"}}
+    for i in range(400):
+        with env.tracer.start_as_current_span("a" if i % 2 else "b", kind=SpanKind.CONSUMER):
+            pass
+    stats = env.processor.stats
+    assert stats.counts == {"a": 200, "b": 200}
+    measured = stats.measured
+    # Random, not every 4th span: both types (alternating) are sampled, near a quarter each.
+    assert 25 <= measured["a"] <= 80 and 25 <= measured["b"] <= 80
+    spans = env.exporter.get_finished_spans()
+    with_attrs = [s for s in spans if names.SPAN_RSS_DELTA in s.attributes]
+    assert len(with_attrs) == measured["a"] + measured["b"]
+    assert all(any(e.name == names.EVENT_LEAK_SUSPECT for e in s.events) for s in spans if s.name == "b")
+    points = env.collect()
+    counted = {p.attributes[names.ATTR_TASK_NAME]: p.value for p in points[names.TASK_COUNT.name]}
+    sampled = {p.attributes[names.ATTR_TASK_NAME]: p.value for p in points[names.TASK_MEASURED.name]}
+    assert counted == {"a": 200, "b": 200} and sampled == measured
+
+
+def test_read_budget_sets_the_measured_share(env, monkeypatch):
+    p, memory = env.processor, env.runtime.memory
+    p.read_budget = 0.005
+    memory.read_cost = 5e-6
+    t = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: t[0])
+    p._budget_mark = (t[0], memory.reads)
+
+    def tick(reads_per_s):
+        t[0] += 0.05
+        memory.reads += int(reads_per_s * 0.05)
+        return p.adapt_measured_share()
+
+    # 20,000 reads/s at 5 us = 10 % of the time: the share falls at once to what the budget allows.
+    assert tick(20_000) == pytest.approx(0.05, rel=0.01)
+    # Within the budget the share may rise again, at most twofold per tick, never above 1.
+    assert tick(1_000) == pytest.approx(0.05)  # 1,000 reads/s at 5 us: exactly the budget
+    assert tick(500) == pytest.approx(0.1)
+    assert tick(0) == pytest.approx(0.2)
+    for _ in range(5):
+        share = tick(0)
+    assert share == 1.0
+    # Never below the floor, however slow the reads.
+    memory.read_cost = 1.0
+    assert tick(20_000) == MIN_MEASURED_SHARE
+
+
+def test_every_task_is_measured_while_tracemalloc_traces(env):
+    import tracemalloc
+
+    env.processor.measured_share = 0.01
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            with env.tracer.start_as_current_span("t", kind=SpanKind.CONSUMER):
+                pass
+    finally:
+        tracemalloc.stop()
+    assert env.processor.stats.measured == {"t": 50} == env.processor.stats.counts

@@ -17,6 +17,7 @@ from .core import (
     INSTANCE,
     NONE,
     PID,
+    RATIO,
     RULE_TASK_NET_GROWTH_PER_CALL,
     RULE_TASK_NET_GROWTH_RATE,
     S_TASK,
@@ -172,7 +173,17 @@ def build(m: Mixin):
         "explains why one of them leaks faster than the others.",
         [target(sum_by(P, rate(names.TASK_COUNT, T)), legend(SERVICE, INSTANCE, PID))],
         TASKS_PER_S, fill=0,
-    ), w=24, h=7)
+    ), w=12, h=7)
+    lay.add(timeseries(
+        "Share of task spans measured",
+        "The share of task spans whose resident memory was measured, by task type. 100 % unless the worker "
+        "runs tasks so fast that one /proc read per task would exceed OTEL_PYTHON_LEAK_TASK_READ_BUDGET; then a "
+        "random sample is measured, and the per-call growth figures above are per measured call. Every task "
+        "is counted either way, and the detector's attribution does not depend on it.",
+        [target(f"{sum_by(BY_TASK, rate(names.TASK_MEASURED, T))}\n/ {sum_by(BY_TASK, rate(names.TASK_COUNT, T))}",
+                legend(TASK))],
+        RATIO, fill=0,
+    ), w=12, h=7)
 
     variables = [datasource_variable(), service_variable(q), instance_variable(q), task_variable(q)]
     return dashboard(
