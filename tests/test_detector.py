@@ -14,7 +14,8 @@ import pytest
 
 from otel_leak.detector import robust
 from otel_leak.detector.report import validate_process_report, write_atomic
-from otel_leak.detector.tier1 import MAX_INCREMENTS, MAX_WINDOWS, Tier1, regress
+from otel_leak.detector.attribution import regress
+from otel_leak.detector.tier1 import MAX_INCREMENTS, MAX_WINDOWS, Tier1
 
 MiB = 1024 * 1024
 
@@ -677,7 +678,7 @@ def test_tier2_rows_are_merged_so_a_lag_between_allocation_and_count_does_not_hi
     import random
 
     from otel_leak.detector import suspects, tier2
-    from otel_leak.detector.tier1 import regress
+    from otel_leak.detector.attribution import regress
 
     rnd = random.Random(2)
     rows_c, rows_y = [], []

@@ -13,7 +13,7 @@ import random
 from types import SimpleNamespace
 
 from otel_leak.detector import tier2 as T2
-from otel_leak.detector.tier1 import regress
+from otel_leak.detector.attribution import regress
 from tests.test_detector import MiB, make_detector
 
 K64 = 64 * 1024

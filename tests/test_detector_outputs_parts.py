@@ -14,7 +14,8 @@ from otel_leak import names
 from otel_leak.detector import outputs as O
 from otel_leak.detector import tier2 as T2
 from otel_leak.detector.report import validate_process_report
-from otel_leak.detector.tier1 import Attribution, Tier1
+from otel_leak.detector.attribution import Attribution
+from otel_leak.detector.tier1 import Tier1
 
 SITE = {"file": "app.py", "line": 12, "retained_bytes": 65536, "count": 10, "growth_bytes": 65536,
         "traceback": [{"file": "app.py", "line": 12}, {"file": "lib.py", "line": 3}]}

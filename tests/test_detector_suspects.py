@@ -11,7 +11,7 @@ import pytest
 from otel_leak import names
 from otel_leak.detector import suspects as SU
 from otel_leak.detector import tier2 as T2
-from otel_leak.detector.tier1 import Attribution
+from otel_leak.detector.attribution import Attribution
 
 K64 = 64 * 1024
 

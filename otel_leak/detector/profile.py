@@ -17,7 +17,7 @@ import math
 import time
 
 from otel_leak.detector import robust
-from otel_leak.detector.tier1 import MAX_COLUMNS, POOLED
+from otel_leak.detector.attribution import MAX_COLUMNS, POOLED
 
 MIN_ROWS = 8
 PAGE_ROUNDING = 4096 / math.sqrt(6)  # sd of the difference of two readings each rounded to a 4 KiB page

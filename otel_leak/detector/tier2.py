@@ -25,7 +25,7 @@ import time
 import tracemalloc
 
 from otel_leak.detector import robust, scheduling
-from otel_leak.detector.tier1 import regress
+from otel_leak.detector.attribution import regress
 
 _SKIP_ALWAYS = (
     os.sep + "otel_leak" + os.sep,
@@ -316,7 +316,7 @@ def per_task(before: dict, after: dict, overlapped: int, growth: float) -> list 
     batches to tell task types apart that tend to run together). None when tasks overlapped (threads,
     an event loop), or when the tasks' own changes explain less than half of the window's ``growth``
     (memory kept between tasks, by the framework after a span ends): the rows' regression then."""
-    from otel_leak.detector.tier1 import Attribution
+    from otel_leak.detector.attribution import Attribution
 
     rows = {}
     for k, acc in list(after.items()):
