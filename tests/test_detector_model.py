@@ -111,3 +111,28 @@ def test_the_detector_forces_a_full_collection_when_none_ran_since_the_growth_be
     # Budgeted by its own interval and pause share, not by the sampler's: charged to the tick budget, the
     # pause would stall the next samples, which confirm or veto the suspicion, for seconds.
     assert exempted == [det._full.pause_s]
+
+
+def test_a_cache_whose_slowing_shows_only_over_the_history_is_not_declared():
+    """Random keys into a bounded key space, 96 MiB with an 8 s time constant at 300 tasks/s, transient
+    noise of up to 8 MiB a sample: over a 12 s trend late in the fill the slowing is lost in the noise,
+    over the kept history it is plain. Without the history veto all three seeds are declared (35-38 s in)."""
+    for seed in range(3):
+        t1 = Tier1()
+        for s in stream(seconds=90, rate=300, dt=0.05, noise=8 * MiB, seed=seed,
+                        shape=lambda t: 96 * MiB * (1 - math.exp(-t / 8.0))):
+            t1.add(s)
+            assert not t1.declared, (seed, s.t, t1.trend.as_dict())
+
+
+def test_a_leak_after_a_warm_up_fill_is_still_declared():
+    """A 16 MiB warm-up fill (4 s time constant) and then a steady 64 KiB per call of one of three types
+    at 300 tasks/s: the history decelerates, the trend keeps the leak's pace; declared within 35 s."""
+    for seed in range(3):
+        t1 = Tier1()
+        for s in stream(seconds=60, rate=300, dt=0.05, noise=2 * MiB, seed=seed, leak=("b", 64 * 1024),
+                        shape=lambda t: 16 * MiB * (1 - math.exp(-t / 4.0))):
+            t1.add(s)
+            if t1.declared:
+                break
+        assert t1.declared and s.t <= 35, (seed, s.t, t1.trend.as_dict())

@@ -20,8 +20,11 @@ What a leak is, for every part of the detector:
    amount, without levelling off or slowing down. A cache or a pool taking its first entries grows as
    steadily as a leak until it is full; those fills last seconds, hence the 10 s. A bounded fill with
    random keys slows as it fills: while a saturating curve explains the level clearly better than a
-   straight line, or a quadratic fit's curvature is significantly negative with the pace falling by a
-   quarter, it is not declared. Nothing is declared sooner, however large the growth: the page waits 10 s.
+   straight line, or a quadratic fit's curvature is significantly negative (two standard errors, allowing
+   for autocorrelation) with the pace falling by a quarter, over the trend or over the whole kept history
+   (up to 64 windows, when the trend's own pace falls too), it is not declared. A fill with a time constant
+   of tens of seconds still looks like a leak for that long. Nothing is declared sooner, however large the
+   growth: the page waits 10 s.
 3. **Judged on the worker's own scale.** Windows close after a number of samples, 0.75 s *and* a number
    of tasks, the sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
    defaults serve 5 and 1,000 tasks a second.

@@ -27,7 +27,9 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
 * it is not decaying (the recent slope keeps up with the earlier one: rejects warm-up caches that level off),
 * it is not decelerating (a quadratic fit's curvature is not significantly negative with the slope at the
   end below DECEL_RATIO of the slope at the start: a cache filling with random keys slows as it fills; a
-  leak keeps its pace),
+  leak keeps its pace), over the trend nor over the whole kept history once that is longer (where the
+  slowing of a long fill shows first; a leak after a warm-up fill keeps its pace over the trend, and the
+  history vetoes only a trend whose own pace falls too),
 * it is not saturating (no bounded fill explains the level clearly better than a straight line: rejects
   caches still filling with random keys, whose growth slows as they fill),
 * for resident memory: the collections the detector forces on suspicion (a full one when none ran since
@@ -59,7 +61,9 @@ MIN_STEPS = 4  # windows that must each carry a sizeable part of the growth
 SATURATION_RATIO = 0.5  # a bounded fill's residuals below this share of a line's: the growth saturates
 LEVEL_OFF = 0.5  # recent half's slope below this share of the earlier slope: the growth is levelling off
 DECEL_RATIO = 0.75  # the fitted slope at the trend's end below this share of that at its start...
-DECEL_T = 3.0  # ...with the curvature this many standard errors below zero: the growth is decelerating
+DECEL_T = 2.0  # ...with the curvature this many standard errors below zero: the growth is decelerating
+HISTORY_MIN_WINDOWS = 24  # the history vetoes a trend once it is half as long again as one...
+RECENT_DECEL = 0.9  # ...and the trend's own pace falls below this share
 MIN_WINDOW_S = 0.75  # a window lasts at least this long (a trend of TREND_WINDOWS windows spans >= 11 s)
 MAX_INCREMENTS = 400  # per-sample increments kept for the regression
 
@@ -301,6 +305,12 @@ class Tier1:
                 self.coarse_streaks[name] = self.coarse_streaks.get(name, 0) + 1 if tr.candidate else 0
         self.trends = {name: (self.coarse[name] if not tr.candidate and name in self.coarse and self.coarse[name].candidate
                               else tr) for name, tr in fine.items()}
+        if not self.declared:
+            for tr in self.trends.values():
+                veto = self._history_decelerates(tr.decel) if tr.candidate and tr.scale == 1 else None
+                if veto:
+                    tr.candidate = False
+                    tr.reasons.append(veto)
         check, self.gc_check = self.gc_check, None
         if check is not None and not w.contaminated:
             for name, tr in self.trends.items():
@@ -329,6 +339,21 @@ class Tier1:
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
             self.declared_signal = self.trend.signal
+
+    def _history_decelerates(self, trend_decel: float) -> str | None:
+        """Whether the kept history, longer than a trend, decelerates where the trend alone could not tell:
+        a cache filling with random keys looks steady over a trend's seconds long before its slowing shows
+        over the history. A leak after a warm-up fill is not vetoed: its trend keeps its own pace (the
+        veto needs the trend's pace to fall too, below RECENT_DECEL)."""
+        ws = list(self.windows)
+        if len(ws) < HISTORY_MIN_WINDOWS or trend_decel >= RECENT_DECEL:
+            return None
+        ts = [(w.t0 + w.t1) / 2 for w in ws]
+        decel, t_c = robust.curvature(ts, [w.level for w in ws])
+        if decel < DECEL_RATIO and t_c <= -DECEL_T:
+            return (f"the growth decelerates over the last {ts[-1] - ts[0]:.0f} s (its pace fell to "
+                    f"{max(0.0, decel):.0%}, curvature t={t_c:.1f})")
+        return None
 
     def _coarse(self, k: int) -> list[Window]:
         """The kept windows merged ``k`` to a point (aligned on the newest): floors are the lowest levels."""
