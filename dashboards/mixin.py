@@ -83,6 +83,8 @@ ALERTS = (
     "OtelLeakGCPauseRegression",
     "OtelLeakTelemetryAbsent",
     "OtelLeakFleetMemoryGrowing",
+    "OtelLeakGuardRecycling",
+    "OtelLeakGuardRateLimited",
 )
 
 _DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
@@ -201,6 +203,18 @@ class Mixin:
     fleet_growth_bytes_per_hour: float = _num(16 * MiB, "Fires above this median slope ...")
     fleet_growth_percent_per_hour: float = _num(1.0, "... and above this % of the service's mean floor per hour.")
     fleet_for: str = _dur("1h", "for: of the fleet alert.")
+
+    # ---- memory-budget guard (otel_leak.guard). A process records each decision once (its counter series
+    # starts at 1, which increase() cannot see), so the guard alerts fire on the series' presence within a
+    # window: from the decision until the window has passed since the series was last scraped.
+    guard_recycling_window: str = _dur(
+        "1h", "The guard recycled a process (or, in dry-run, would have) within this window: warning."
+    )
+    guard_recycling_for: str = _dur("1m", "for: of the recycling warning.")
+    guard_rate_limited_window: str = _dur(
+        "1h", "The guard wanted to recycle a process but its hourly rate limit stopped it, within this window."
+    )
+    guard_rate_limited_for: str = _dur("1m", "for: of the rate-limited critical (pages at once).")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -363,4 +377,8 @@ E2E_OVERRIDES: dict[str, Any] = dict(
     fleet_window="2m",
     fleet_growth_bytes_per_hour=1800 * MiB,
     fleet_for="30s",
+    guard_recycling_window="2m",
+    guard_recycling_for="4s",
+    guard_rate_limited_window="2m",
+    guard_rate_limited_for="4s",
 )

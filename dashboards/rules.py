@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from dashboards.mixin import ALERTS, PARAMETERS, RECORDING_RULES as R, Mixin, check_parameters, parse_set
-from otel_leak import names
+from otel_leak import config, names
 
 PRODUCTION_FILE = "prometheus-rules.yaml"
 TEST_FILE = "prometheus-rules.test.yaml"
@@ -35,6 +35,8 @@ GENERATION = names.LABEL_GC_GENERATION
 PID = names.LABEL_PID
 SEVERITY = names.LABEL_SEVERITY
 TEAM = names.LABEL_TEAM
+REASON = names.LABEL_GUARD_REASON
+OUTCOME = names.LABEL_GUARD_OUTCOME
 
 
 def _lbl(label: str) -> str:
@@ -47,6 +49,23 @@ WORKER_TEXT = (
     f"worker {_lbl(INSTANCE)} (pid {_lbl(PID)}, version {_lbl(VERSION)}) of service {_lbl(SERVICE)}"
 )
 PER_HOUR = "{{ $value | humanize1024 }}B/h"
+# What each reason of a guard decision means (the reasons otel_leak.guard.decide gives)
+GUARD_REASONS = {
+    "budget": "the floor reached the soft budget while the detector's verdict is leak",
+    "hard_budget": "the floor reached the hard budget, whatever the verdict",
+    "time_to_limit": "at its slope the floor would reach the memory limit sooner than "
+    + config.GUARD_MIN_TIME_TO_LIMIT.env,
+}
+
+
+def _reason_text() -> str:
+    """Alert text for the alert's guard reason label: a Go template with one branch per reason."""
+    branches = [f'{{{{ {"if" if i == 0 else "else if"} eq $labels.{REASON} "{reason}" }}}}{text}'
+                for i, (reason, text) in enumerate(GUARD_REASONS.items())]
+    return "".join(branches) + "{{ else }}see the guard's log record{{ end }}"
+
+
+GUARD_REASON_TEXT = _reason_text()
 
 
 class Rules:
@@ -355,7 +374,63 @@ class Rules:
                 ),
             )
         )
+
+        # 8. The memory-budget guard recycled a process, or in dry-run would have: a contained leak is still a
+        # leak. One alert for both modes; the outcome label tells them apart (and lets a silence take one).
+        w = m.guard_recycling_window
+        dry = f'{{{{ if eq $labels.{OUTCOME} "{names.GUARD_DRY_RUN}" }}}}'
+        out.append(
+            self._alert(
+                "OtelLeakGuardRecycling",
+                "warning",
+                self.guard_decided(f'{OUTCOME}=~"{names.GUARD_RECYCLED}|{names.GUARD_DRY_RUN}"', w),
+                m.guard_recycling_for,
+                (
+                    f"The memory-budget guard {dry}would have recycled{{{{ else }}}}recycled{{{{ end }}}} "
+                    f"{_lbl(SERVICE)} worker {_lbl(INSTANCE)} (pid {_lbl(PID)}, {_lbl(REASON)})."
+                ),
+                (
+                    f"Within the last {w}, the memory-budget guard (otel_leak.guard) in {WORKER_TEXT} "
+                    f"{dry}decided, in dry-run, that it would recycle the process (nothing was recycled; with "
+                    f"{config.GUARD.env}=on it would have been){{{{ else }}}}recycled the process between "
+                    f"tasks{{{{ end }}}}, reason {_lbl(REASON)}: {GUARD_REASON_TEXT}. A recycle contains a leak, "
+                    f"it does not fix it: the replacement starts low and leaks again. The process report's guard "
+                    f"entries and the log record 'otel-leak guard' name the floor, the budget and the verdict."
+                ),
+            )
+        )
+
+        # 9. The guard wanted to recycle but the hourly rate limit of its directory stopped it: the leak refills
+        # faster than restarts contain it.
+        w = m.guard_rate_limited_window
+        out.append(
+            self._alert(
+                "OtelLeakGuardRateLimited",
+                "critical",
+                self.guard_decided(f'{OUTCOME}="{names.GUARD_RATE_LIMITED}"', w),
+                m.guard_rate_limited_for,
+                (
+                    f"The memory-budget guard cannot recycle {_lbl(SERVICE)} worker {_lbl(INSTANCE)} "
+                    f"(pid {_lbl(PID)}): its hourly recycle limit is reached."
+                ),
+                (
+                    f"Within the last {w}, the memory-budget guard in {WORKER_TEXT} decided to recycle the "
+                    f"process, reason {_lbl(REASON)} ({GUARD_REASON_TEXT}), and could not: the processes sharing its "
+                    f"directory had already recycled {config.GUARD_MAX_RECYCLES_PER_HOUR.env} times in the "
+                    f"last hour. The leak refills memory faster than recycling contains it; the process runs on "
+                    f"over its budget until the hour's count lets it go. Time to its memory limit at the floor's "
+                    f"slope: {self.query_value(R['time_to_limit'], 'humanizeDuration')}."
+                ),
+            )
+        )
         return out
+
+    def guard_decided(self, outcome: str, window: str) -> str:
+        """Processes with a guard decision of ``outcome`` (a matcher) within ``window``, by process, reason and
+        outcome. Each process counts a decision once, so its series starts at 1: presence (max_over_time), not
+        increase(), is the signal; it lasts ``window`` past the series' last scrape."""
+        recycles = self.sel(names.GUARD_RECYCLES, "", outcome)
+        return f"max by ({self.P}, {REASON}, {OUTCOME}) (max_over_time({recycles}[{window}])) > 0"
 
     def groups(self) -> dict[str, Any]:
         # One group: Prometheus evaluates the rules of a group in order, so every alert sees the recording

@@ -194,8 +194,7 @@ DETECTOR_FLOOR_SLOPE = Metric(
     "Robust slope of the resident-memory floor, as estimated by the detector.",
 )
 
-# Memory-budget guard (otel_leak.guard). Not in ALL_METRICS yet: no dashboard panel or alert reads it so far
-# (ALL_METRICS is what the dashboards must cover).
+# Memory-budget guard (otel_leak.guard)
 GUARD_RECYCLES = Metric(
     "otel_leak.guard.recycles",
     "{recycle}",
@@ -211,6 +210,12 @@ ATTR_GUARD_FLOOR = "otel_leak.guard.floor"  # int bytes, the floor the decision 
 ATTR_GUARD_BUDGET = "otel_leak.guard.budget"  # int bytes, the budget crossed (soft or hard)
 ATTR_GUARD_TIME_TO_LIMIT = "otel_leak.guard.time_to_limit"  # float seconds, when known
 EVENT_GUARD = "otel_leak.guard.recycle"  # span event on the current task span, one per guard record
+# Values of ATTR_GUARD_OUTCOME: the process was recycled, or why not
+GUARD_RECYCLED = "recycled"
+GUARD_DRY_RUN = "dry_run"  # dry-run: it would have been
+GUARD_RATE_LIMITED = "rate_limited"  # the directory's hourly recycle limit is reached
+GUARD_OUTCOMES = (GUARD_RECYCLED, GUARD_DRY_RUN, GUARD_RATE_LIMITED, "other_recycling", "started_over_budget",
+                  "unsupported")
 GUARD_METRICS = (GUARD_RECYCLES,)
 
 PROCESS_METRICS = (
@@ -228,7 +233,7 @@ PROCESS_METRICS = (
 )
 TASK_METRICS = (TASK_COUNT, TASK_MEASURED, TASK_MEMORY_GROWTH, TASK_MEMORY_RELEASE)
 DETECTOR_METRICS = (DETECTOR_VERDICT, DETECTOR_CONFIDENCE, DETECTOR_RETAINED_PER_CALL, DETECTOR_FLOOR_SLOPE)
-ALL_METRICS = PROCESS_METRICS + TASK_METRICS + DETECTOR_METRICS
+ALL_METRICS = PROCESS_METRICS + TASK_METRICS + DETECTOR_METRICS + GUARD_METRICS
 
 # Prometheus labels (after the collector converts resource attributes to labels)
 LABEL_TASK = label(ATTR_TASK_NAME)  # otel_leak_task_name
@@ -239,6 +244,9 @@ LABEL_VERSION = label(RES_SERVICE_VERSION)  # service_version
 LABEL_PID = label(SPAN_PID)  # process_pid: prefork children share their parent's resource
 LABEL_JOB = "job"  # set by the collector's prometheus exporter from service.namespace/service.name
 LABEL_PROM_INSTANCE = "instance"  # the scrape target (the collector), not the worker
+LABEL_GUARD_REASON = label(ATTR_GUARD_REASON)  # otel_leak_guard_reason
+LABEL_GUARD_MODE = label(ATTR_GUARD_MODE)  # otel_leak_guard_mode
+LABEL_GUARD_OUTCOME = label(ATTR_GUARD_OUTCOME)  # otel_leak_guard_outcome
 # Alert labels
 LABEL_SEVERITY = "severity"  # warning | critical
 LABEL_TEAM = "team"

@@ -85,6 +85,10 @@ ROUTES = [
     ({"alertname": "OtelLeakTaskRetainingMemory", SEVERITY: "critical", TEAM_LABEL: TEAM, names.LABEL_TASK: "resize"},
      "workers-pagerduty,workers-webhook"),
     ({"alertname": "OtelLeakTelemetryAbsent", SEVERITY: "info", TEAM_LABEL: TEAM}, "workers-webhook"),
+    ({"alertname": "OtelLeakGuardRecycling", SEVERITY: "warning", TEAM_LABEL: TEAM,
+      names.LABEL_GUARD_OUTCOME: "dry_run"}, "workers-webhook"),
+    ({"alertname": "OtelLeakGuardRateLimited", SEVERITY: "critical", TEAM_LABEL: TEAM,
+      names.LABEL_GUARD_OUTCOME: "rate_limited"}, "workers-pagerduty,workers-webhook"),
     ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", TEAM_LABEL: "payments"}, "default-webhook"),
     ({"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical"}, "default-webhook"),
     ({"alertname": "Watchdog"}, "default-webhook"),
@@ -199,11 +203,19 @@ def test_real_alertmanager_delivers(tmp_path):
                 time.sleep(0.1)
         worker = {names.LABEL_SERVICE: "billing", names.LABEL_INSTANCE: "host-a", names.LABEL_PID: "101", TEAM_LABEL: TEAM}
         ann = {"summary": "s", "description": "d", "runbook_url": Mixin().runbook_url("OtelLeakMemoryFloorGrowing")}
+        guard_worker = {names.LABEL_SERVICE: "thumbs", names.LABEL_INSTANCE: "host-b", TEAM_LABEL: TEAM}
         alerts = [
             {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "critical", **worker}, "annotations": ann},
             {"labels": {"alertname": "OtelLeakMemoryFloorGrowing", SEVERITY: "warning", **worker}, "annotations": ann},
             {"labels": {"alertname": "OtelLeakTelemetryAbsent", SEVERITY: "warning", names.LABEL_SERVICE: "search"},
              "annotations": {"summary": "s2"}},
+            # the guard of another service: its rate-limited page mutes its recycling warning
+            {"labels": {"alertname": "OtelLeakGuardRateLimited", SEVERITY: "critical", **guard_worker,
+                        names.LABEL_PID: "301"},
+             "annotations": {"summary": "s3", "runbook_url": Mixin().runbook_url("OtelLeakGuardRateLimited")}},
+            {"labels": {"alertname": "OtelLeakGuardRecycling", SEVERITY: "warning", **guard_worker,
+                        names.LABEL_PID: "302"},
+             "annotations": {"summary": "s4"}},
         ]
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v2/alerts", data=json.dumps(alerts).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
@@ -221,17 +233,20 @@ def test_real_alertmanager_delivers(tmp_path):
         by_path.setdefault(path, []).append(body)
     assert set(by_path) == {"/otel-leak/workers", "/otel-leak/default", "/pagerduty"}, log[-2000:]
 
-    # webhook v4 payload, the warning inhibited by the critical of the same alert and worker
+    # webhook v4 payload, the warning inhibited by the critical of the same alert and worker, the guard's
+    # recycling warning by its rate-limited page
     workers = [a for b in by_path["/otel-leak/workers"] for a in b["alerts"]]
     assert {a["labels"][SEVERITY] for a in workers} == {"critical"}
-    body = by_path["/otel-leak/workers"][0]
+    assert {a["labels"]["alertname"] for a in workers} == {"OtelLeakMemoryFloorGrowing", "OtelLeakGuardRateLimited"}
+    [body] = [b for b in by_path["/otel-leak/workers"] if b["groupLabels"]["alertname"] == "OtelLeakMemoryFloorGrowing"]
     assert body["version"] == "4" and body["receiver"] == "workers-webhook"
     assert body["groupLabels"] == {"alertname": "OtelLeakMemoryFloorGrowing", names.LABEL_SERVICE: "billing"}
     assert body["commonAnnotations"]["runbook_url"].endswith("/OtelLeakMemoryFloorGrowing.md")
     assert by_path["/otel-leak/default"][0]["receiver"] == "default-webhook"
 
     # PagerDuty Events v2 with the key read (and trimmed) from the file
-    pd = by_path["/pagerduty"][0]
+    assert {p["payload"]["custom_details"]["service"] for p in by_path["/pagerduty"]} == {"billing", "thumbs"}
+    [pd] = [p for p in by_path["/pagerduty"] if p["payload"]["custom_details"]["service"] == "billing"]
     assert pd["routing_key"] == "TEST-ROUTING-KEY"
     assert pd["payload"]["severity"] == "critical"
     assert pd["payload"]["custom_details"]["service"] == "billing"

@@ -248,7 +248,7 @@ def _render(tmp_path: Path, cases: list[dict]) -> list[str]:
 
 
 def test_annotations_render_as_grafana_templates(tmp_path: Path) -> None:
-    labels = {k: f"v-{k}" for k in (*Mixin().process_labels, rules.TASK, rules.GENERATION)}
+    labels = {k: f"v-{k}" for k in (*Mixin().process_labels, rules.TASK, rules.GENERATION, rules.REASON, rules.OUTCOME)}
     graf = grafana_rules()
     cases = [{"Template": v, "Labels": labels, "Values": {alerts.VALUE: 12345.0, alerts.CONDITION: 1.0}}
              for r in graf for v in r["annotations"].values()]

@@ -159,7 +159,8 @@ def test_every_series_queried_is_a_project_name_or_a_recording_rule():
         "min_over_time", "max_over_time", "quantile_over_time", "present_over_time", "deriv", "predict_linear",
         "rate", "resets", "clamp_min",
     }
-    labels = set(Mixin().process_labels) | {names.LABEL_TASK, names.LABEL_GC_GENERATION}
+    labels = set(Mixin().process_labels) | {names.LABEL_TASK, names.LABEL_GC_GENERATION, names.LABEL_GUARD_REASON,
+                                            names.LABEL_GUARD_OUTCOME}
     for path in RULE_FILES:
         for r in load(path):
             expr = re.sub(r'"[^"]*"', "", r["expr"])  # label values
@@ -201,6 +202,31 @@ def test_warning_and_critical_pairs():
     assert sev["OtelLeakMemoryFloorGrowing"] == {"warning", "critical"}
     assert sev["OtelLeakMemoryFillingUp"] == {"warning", "critical"}
     assert sev["OtelLeakTaskRetainingMemory"] == {"warning", "critical"}
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_guard_alerts_are_the_outcomes_someone_must_see(path):
+    """A recycle (or, in dry-run, a recycle the guard would have made) warns; a recycle the hourly rate limit
+    stopped pages; the other outcomes (started over its budget, another process recycling, no graceful recycle)
+    are on the Worker dashboard only. Both alerts read the guard's counter and nothing else."""
+    from otel_leak import guard
+
+    assert set(guard._OUTCOMES) == set(names.GUARD_OUTCOMES)
+    records = {r["record"]: r["expr"] for r in load(path) if "record" in r}
+    by = {a["alert"]: a for a in alerts(path) if a["alert"].startswith("OtelLeakGuard")}
+    assert {k: a["labels"]["severity"] for k, a in by.items()} == {
+        "OtelLeakGuardRecycling": "warning", "OtelLeakGuardRateLimited": "critical"}
+    outcome = names.LABEL_GUARD_OUTCOME
+    assert f'{outcome}=~"{names.GUARD_RECYCLED}|{names.GUARD_DRY_RUN}"' in by["OtelLeakGuardRecycling"]["expr"]
+    assert f'{outcome}="{names.GUARD_RATE_LIMITED}"' in by["OtelLeakGuardRateLimited"]["expr"]
+    for a in by.values():
+        assert _closure(a["expr"], records) & set(records) == set()
+        assert names.GUARD_RECYCLES.prom in a["expr"] and "increase(" not in a["expr"], a["expr"]
+    # the reasons the alert text explains are the ones the guard decides
+    b = guard.Budgets(budget=100, hard=200, min_time_to_limit=600.0)
+    decided = {guard.decide(guard.State(floor, 10, "leak", slope, 1000), b).reason
+               for floor, slope in ((150, 0.0), (250, 0.0), (50, 10.0))}
+    assert decided == set(rules.GUARD_REASONS)
 
 
 def _closure(expr: str, records: dict[str, str]) -> set[str]:
@@ -269,6 +295,8 @@ PAGE_LABELS = {
     "OtelLeakGCPauseRegression": WORKER | {names.LABEL_GC_GENERATION},
     "OtelLeakTelemetryAbsent": {names.LABEL_SERVICE},  # and the worker when one worker stopped
     "OtelLeakFleetMemoryGrowing": {names.LABEL_SERVICE},
+    "OtelLeakGuardRecycling": WORKER | {names.LABEL_GUARD_REASON, names.LABEL_GUARD_OUTCOME},
+    "OtelLeakGuardRateLimited": WORKER | {names.LABEL_GUARD_REASON, names.LABEL_GUARD_OUTCOME},
 }
 
 
@@ -327,7 +355,7 @@ def test_promtool_check_rules(path):
 def test_there_are_promtool_suites():
     assert {p.name for p in SUITES} >= {
         "floor.test.yaml", "fleet.test.yaml", "absent.test.yaml", "tasks.test.yaml", "detector.test.yaml",
-        "gc.test.yaml", "e2e-windows.test.yaml",
+        "gc.test.yaml", "e2e-windows.test.yaml", "guard.test.yaml",
     }
 
 

@@ -45,6 +45,8 @@ PID = names.label(names.SPAN_PID)
 WORKER = (SERVICE, INSTANCE)  # one service instance (the detector's granularity)
 WORKER_V = (SERVICE, INSTANCE, VERSION)
 DETECTOR_VERDICT_LABEL = names.label(names.ATTR_DETECTOR_VERDICT)
+GUARD_REASON = names.LABEL_GUARD_REASON
+GUARD_OUTCOME = names.LABEL_GUARD_OUTCOME
 
 # Recording rules of the rules generator (dashboards/mixin.py): the same series the alerts evaluate.
 RULE_FLOOR = RECORDING_RULES["floor"]

@@ -19,6 +19,8 @@ from .core import (
     COUNT,
     DETECTOR_VERDICT_LABEL,
     GENERATION,
+    GUARD_OUTCOME,
+    GUARD_REASON,
     INSTANCE,
     NO_TASK,
     NONE,
@@ -274,6 +276,24 @@ def build(m: Mixin):
             target(rule(RULE_FLOOR, W, P), proc_legend("rule")),
         ],
         BYTES, fill=0,
+    ), w=24, h=7)
+
+    lay.row("Memory-budget guard")
+    window = m.guard_recycling_window
+    lay.add(timeseries(
+        "Guard decisions by reason and outcome",
+        f"Processes of this worker for which the memory-budget guard (OTEL_PYTHON_LEAK_GUARD) decided to recycle "
+        f"within the last {window}, by reason (budget, hard_budget, time_to_limit) and outcome: recycled; dry_run "
+        "(it would have, in dry-run); rate_limited (the hourly recycle limit stopped it: the leak refills faster "
+        "than restarts contain it, OtelLeakGuardRateLimited pages); started_over_budget, other_recycling, "
+        "unsupported (not recycled, see the guard's log record). Each process records a decision once, so with "
+        f"the guard on the 'recycled' line is the number of recycles per {window} (what OtelLeakGuardRecycling "
+        "fires on). Recycles contain a leak, they do not fix it: find the task on the Tasks dashboard. "
+        "Empty while the guard is off or has decided nothing.",
+        [target(sum_by(WORKER + (GUARD_REASON, GUARD_OUTCOME),
+                       f"max_over_time({sel(names.GUARD_RECYCLES, *W)}[{window}])"),
+                legend(INSTANCE, GUARD_REASON, GUARD_OUTCOME))],
+        COUNT, interpolation="stepAfter", fill=20,
     ), w=24, h=7)
 
     variables = [datasource_variable(), service_variable(q), instance_variable(q)]

@@ -14,9 +14,12 @@ picks (this service, the ``dash-a`` instance, a task type the detector suspects,
 variables take their default; ``$__rate_interval``/``$__interval``/``$__range`` are computed as Grafana does
 for a 1 s scrape interval.
 
-The one honest exception: ``ALERTS`` queries (the Fleet dashboard's firing-alert panels) can only return series
+The honest exceptions: ``ALERTS`` queries (the Fleet dashboard's firing-alert panels) can only return series
 while an alert fires. They must always be accepted by Prometheus; they must return series whenever an otel-leak
-alert for this service fired during the run (which the short-window rules make the normal case).
+alert for this service fired during the run (which the short-window rules make the normal case). Likewise the
+memory-budget guard's counter (the Worker dashboard's guard panel) only exists once a guard decided something,
+and the guard is off in these workers (it hooks Celery, which they are not): those queries must be accepted, and
+return series whenever the counter exists for this service.
 
 Exemplar-enabled targets must also have exemplars (``/api/v1/query_exemplars``) carrying a ``trace_id``.
 """
@@ -59,6 +62,14 @@ WORKER = REPO / "examples" / "demo_worker.py"
 
 def is_alerts_query(query: q.Query) -> bool:
     return q.ALERTS in q.series_names(query.expr)
+
+
+def is_guard_query(query: q.Query) -> bool:
+    return names.GUARD_RECYCLES.prom in q.series_names(query.expr)
+
+
+def _guard_decided(prom: Prometheus) -> bool:
+    return bool(prom.query(f'{names.GUARD_RECYCLES.prom}{{{names.LABEL_SERVICE}="{SERVICE}"}}'))
 
 
 @dataclass
@@ -204,7 +215,8 @@ def run(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator
             missing = _resolve_variables(r)
             if missing is None:
                 r.alert_fired = r.alert_fired or _otel_leak_alert_firing(prometheus)
-                r.last_failures = {x.where: f for x in QUERIES if not is_alerts_query(x) and (f := r.failure(x))}
+                r.last_failures = {x.where: f for x in QUERIES
+                                   if not is_alerts_query(x) and not is_guard_query(x) and (f := r.failure(x))}
                 if not r.last_failures and r.alert_fired:
                     break
                 missing = f"{len(r.last_failures)} queries without data, e.g. {next(iter(r.last_failures.items()), None)}"
@@ -238,6 +250,11 @@ def test_query_returns_series(run: Run, query: q.Query) -> None:
         # ...and returns the alerts whenever one fired for this run's service.
         if run.alert_fired:
             assert result, f"{query.where}: an otel-leak alert fired for {SERVICE} but the panel shows none:\n{expr}"
+        return
+    if is_guard_query(query):
+        result = run.evaluate(query)  # accepted by Prometheus in any case...
+        if _guard_decided(run.prometheus):  # ...and shows the guard's decisions whenever there are some
+            assert result, f"{query.where}: the guard decided for {SERVICE} but the panel shows nothing:\n{expr}"
         return
     why = run.failure(query)
     if why is not None and _task_never_released(run, expr):

@@ -17,8 +17,9 @@ the task type the detector names, the detector's verdict, the fleet's in-lifetim
 critical) fire for the leaking worker, the task alert for ``ingest`` only; no rule fires for the healthy
 worker; every alert the loaded Prometheus rules fired for the leaking worker had its Grafana condition true
 too; the queries are the committed Prometheus alerts' expressions with the recording rules inlined. The
-GC-pause and absent alerts need a regressed baseline or a silent worker: for them, only the healthy side and
-the cross-check apply.
+GC-pause and absent alerts need a regressed baseline or a silent worker, the guard alerts a memory-budget guard
+decision (the guard hooks Celery; these workers are not Celery): for them, only the healthy side and the
+cross-check apply.
 """
 
 from __future__ import annotations
