@@ -151,7 +151,7 @@ class TaskStats:
 
     @property
     def total(self) -> int:
-        """Task spans measured (bounded work: one entry per task type)."""
+        """Task spans counted (bounded work: one entry per task type)."""
         return sum(self.counts.values())
 
     def trace_ids(self, task: str) -> list[str]:
