@@ -14,8 +14,10 @@ figure is the median over the pairs of the per-pair ratio of loop times, with it
 
 Bodies (CPU-bound, nothing waits):
   empty   an empty task span (the per-span cost; a bare SDK span is the unit)
-  alloc   builds a list of 50 short strings (~20 us)
-  cpu     a pure-Python arithmetic loop (~0.7 ms)
+  alloc   builds a list of 50 short strings
+  cpu25   a pure-Python arithmetic loop of 300 steps (~25 us on this machine kind)
+  cpu     a pure-Python arithmetic loop of 7,000 steps (~0.6 ms)
+Every child runs with PYTHONHASHSEED=0, so a pair differs in otel-leak only, not in hash layout.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 
-BODIES = {"empty": 0, "alloc": 50, "cpu": 7000}
+BODIES = {"empty": ("none", 0), "alloc": ("strings", 50), "cpu25": ("loop", 300), "cpu": ("loop", 7000)}
 
 CHILD = r"""
 import json, os, sys, time
@@ -37,7 +39,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
-body, seconds, leak = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+kind, seconds, leak = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
 tp, mp = TracerProvider(), MeterProvider()
 trace.set_tracer_provider(tp)
 from opentelemetry import metrics
@@ -49,9 +51,9 @@ tracer = tp.get_tracer("bench")
 n = int(sys.argv[4])
 
 def run_body():
-    if n == 0:
+    if kind == "none":
         return None
-    if n < 1000:
+    if kind == "strings":
         return [str(i) for i in range(n)]
     s = 0
     for i in range(n):
@@ -74,14 +76,22 @@ if len(sys.argv) > 5:
 cpu0, t0 = time.process_time(), time.perf_counter()
 loop(count)
 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-print("RESULT " + json.dumps({"count": count, "wall_s": wall, "cpu_s": cpu, "per_task_us": wall / count * 1e6}))
+share = None
+if leak:  # the share of task spans the read budget measured in the timed loop
+    from otel_leak.instrumentor import LeakInstrumentor
+    st = LeakInstrumentor.runtime.processor.stats
+    share = sum(st.measured.values()) / max(1, sum(st.counts.values()))
+print("RESULT " + json.dumps({"count": count, "wall_s": wall, "cpu_s": cpu, "per_task_us": wall / count * 1e6,
+                              "measured_share": share}))
 """
 
 
 def run_child(body: str, seconds: float, leak: bool, count: int | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
-    args = [sys.executable, "-c", CHILD, body, str(seconds), "1" if leak else "0", str(BODIES[body])]
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+               PYTHONHASHSEED="0")
+    kind, n = BODIES[body]
+    args = [sys.executable, "-c", CHILD, kind, str(seconds), "1" if leak else "0", str(n)]
     if count is not None:
         args.append(str(count))
     p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
@@ -109,6 +119,7 @@ def measure(body: str, pairs: int, seconds: float) -> dict:
         "added_us": round(statistics.median(lk["per_task_us"] - b["per_task_us"] for b, lk in rows), 2),
         "ratio": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
         "ratio_max": round(max(ratios), 4), "cpu_ratio": round(statistics.median(cpu_ratios), 4),
+        "measured_share": round(statistics.median(lk["measured_share"] for _, lk in rows), 4),
     }
 
 
@@ -126,7 +137,7 @@ def main(argv=None) -> int:
         r = out[-1]
         print(f"{r['body']:6} bare {r['bare_us']:9.2f} us/task  otel-leak {r['otel_leak_us']:9.2f}  "
               f"added {r['added_us']:7.2f} us  ratio {r['ratio']:.4f} [{r['ratio_min']:.4f}, {r['ratio_max']:.4f}]  "
-              f"cpu ratio {r['cpu_ratio']:.4f}", flush=True)
+              f"cpu ratio {r['cpu_ratio']:.4f}  measured {100 * r['measured_share']:.1f} %", flush=True)
     import opentelemetry.sdk.version as v
 
     doc = {"command": "python bench/bench_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
