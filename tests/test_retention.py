@@ -257,3 +257,30 @@ def test_data_kept_in_the_defaults_of_registered_callbacks_is_traced_to_the_regi
     paths = res["paths"]
     assert paths and "_LISTENERS" in paths[0]["text"], paths
     assert paths[0]["complete"]
+
+
+def test_otel_leaks_own_objects_are_never_a_retention_path():
+    """Data that one of otel-leak's own objects also references (reached from the worker's globals, as
+    its processor is through the SDK's tracer) is traced to the worker's holder, even when the path
+    through otel-leak's object is shorter: otel-leak's internals are bounded and never the leak."""
+    from otel_leak.processor import TaskStats
+
+    class Job:
+        pass
+
+    mod = _module("tenant_jobs_mod")
+    tracemalloc.start(8)
+    try:
+        mod.stats = TaskStats()  # first in the module's globals, and one step closer to the data
+        mod.job = Job()
+        mod.job.parts = {"chunks": []}
+        payload = b"y" * 6000
+        mod.stats.last = payload
+        mod.job.parts["chunks"].append(payload)
+        paths = retention_paths(_site_of(payload), budget=0.5)
+    finally:
+        tracemalloc.stop()
+        del sys.modules["tenant_jobs_mod"]
+    assert paths, "no retention path"
+    assert "TaskStats" not in paths[0]["text"], paths[0]["text"]
+    assert "Job.parts" in paths[0]["text"] and "tenant_jobs_mod['job']" in paths[0]["text"], paths[0]["text"]

@@ -183,6 +183,18 @@ def _key_text(k) -> str:
     return f"<{type(k).__name__}>"
 
 
+def _own_types() -> frozenset:
+    """The classes otel-leak's modules define: a walk does not go through their instances (the span
+    processor, the detector's parts), which are bounded and never what keeps a user's data alive."""
+    out = set()
+    for name, m in list(sys.modules.items()):
+        if name == "otel_leak" or name.startswith("otel_leak."):
+            for v in list(getattr(m, "__dict__", {}).values()):
+                if isinstance(v, type) and getattr(v, "__module__", "").startswith("otel_leak"):
+                    out.add(v)
+    return frozenset(out)
+
+
 def _roots(modules: dict[int, str]) -> list:
     """``__main__``'s globals, the frames of the other threads' stacks (outermost first: a worker's loop
     and its locals), then the other modules' globals, those imported last (the application's) first.
@@ -239,6 +251,7 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
 
     modules = _modules_by_dict()
     roots = _roots(modules)
+    skip = _SKIP | _own_types()  # otel-leak's own objects (reached through the SDK's) hold no user data
     parent: dict[int, object] = {id(r): None for r in roots}  # id -> the object it was reached from
     target = holder = None
     # First, cheaply, the large containers that are module globals themselves (the commonest holder: a
@@ -293,7 +306,7 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
                             return
                     for r in _referents(o):
                         t = type(r)
-                        if t in _SKIP:
+                        if t in skip:
                             continue
                         if t in _ATOMIC:  # (most referents, a dict's keys) checked without an id()
                             if at_site(r):
