@@ -1,7 +1,7 @@
 """The ``otel-leak`` command: builds the parser from the verbs' registry (:mod:`otel_leak.commands`) and
 maps what a verb raises to one line and an exit code, here and nowhere else.
 
-    otel-leak run [--report FILE] [--html FILE] [--quiet] -- COMMAND [ARGS...]
+    otel-leak run [--report FILE] [--html FILE] [--quiet] [--guard MODE] [--guard-budget VALUE] -- COMMAND [ARGS...]
     otel-leak report PATH [--html FILE] [--json FILE]
     otel-leak check PATH
 

@@ -86,6 +86,12 @@ def _parse(s: Setting, raw: str) -> Any:
     return raw
 
 
+def parse(s: Setting, raw: str) -> Any:
+    """``raw`` as setting ``s`` reads it; ValueError saying why it does not parse (where :func:`get` would warn
+    and use the default)."""
+    return _parse(s, raw)
+
+
 _warned: set[str] = set()
 
 

@@ -24,6 +24,7 @@ from otel_leak import cli
 from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
 from otel_leak.report.merging import Loaded, RunInfo, write_json
 from otel_leak.report.diagnosis import HEAD, Process, _flags, interpreters, looks_like_python, shebang
+from otel_leak.report.console import summary_text
 from otel_leak.report.runner import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,6 +284,55 @@ def test_html_is_self_contained_with_charts():
         "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
 
 
+def _guard(mode, *entries, recycles=0, dry=0):
+    return {"mode": mode, "disabled": False, "budget_bytes": 100 * MiB, "recycles": recycles,
+            "dry_run_recycles": dry, "recycling": None, "entries": list(entries)}
+
+
+def _entry(outcome, reason="budget", floor=130 * MiB, budget=100 * MiB, repeats=0, task="app.resize",
+           when="post_task"):
+    return {"outcome": outcome, "reason": reason, "floor_bytes": floor, "budget_bytes": budget, "repeats": repeats,
+            "task": task, "when": when, "verdict": "leak", "mode": "on"}
+
+
+def _guard_rows(report) -> list[str]:
+    """The summary's guard rows, each on one line (the console wraps long rows)."""
+    rows = summary_text(report, report_path=None, html_path=None).split("guard  ")[1:]
+    return [" ".join(r.split()) for r in rows]
+
+
+def test_summary_has_one_guard_line_per_process_recycled_or_that_would_have_been():
+    a = proc(201, "leak", start=T0 + 1)
+    a["guard"] = _guard("dry-run", _entry("dry_run", repeats=36),
+                        _entry("dry_run", reason="hard_budget", floor=160 * MiB, budget=150 * MiB, repeats=3), dry=2)
+    b = proc(202, "leak", start=T0 + 1)  # held back by the hourly limit, then recycled once it allowed
+    b["guard"] = _guard("on", _entry("rate_limited", repeats=9), _entry("other_recycling"),
+                        _entry("recycled", when="pre_task", reason="hard_budget", budget=150 * MiB, floor=151 * MiB),
+                        recycles=1)
+    c = proc(203, "leak", start=T0 + 1)
+    c["guard"] = _guard("on", _entry("rate_limited", reason="time_to_limit", budget=None))
+    d = proc(204, start=T0 + 1)
+    d["guard"] = _guard("on", _entry("started_over_budget"), _entry("unsupported"))  # nothing to show
+    e = proc(205, start=T0 + 1)
+    e["guard"] = {"entries": [None, {"outcome": "recycled", "repeats": "x"}]}  # odd but survivable
+    rows = _guard_rows(merge(loaded(a, b, c, d, e), run_info()))
+    assert rows[:3] == [
+        "pid 201 would recycle (dry-run): budget, floor 130.0 MiB ≥ budget 100.0 MiB, verdict leak, after task "
+        "app.resize (decided 41 times)",
+        "pid 202 recycled: hard_budget, floor 151.0 MiB ≥ budget 150.0 MiB, verdict leak, before task app.resize; "
+        "also rate limited",
+        "pid 203 NOT recycled, the hourly recycle limit is reached: time_to_limit, floor 130.0 MiB, verdict leak, "
+        "after task app.resize",
+    ]
+    assert rows[3].startswith("pid 205 recycled") and len(rows) == 4
+    many = [proc(300 + i, start=T0 + 1) for i in range(8)]
+    for x in many:
+        x["guard"] = _guard("on", _entry("recycled"))
+    rows = _guard_rows(merge(loaded(*many), run_info()))
+    assert len(rows) == 7 and rows[-1].startswith("… and 2 more processes")
+    assert _guard_rows(_leak_report()) == []
+
+
 # ------------------------------------------------------------------------------------------------------
 # Real runs of `.venv/bin/otel-leak run` (need the foundation and the detector)
 
@@ -358,6 +408,43 @@ def test_unknown_command_is_127_with_a_clear_message(tmp_path):
     (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")  # not executable
     p = _run(["--", "./script.sh"], cwd=tmp_path)
     assert p.returncode == 126 and "not executable" in p.stderr
+
+
+PRINT_GUARD_ENV = ("import os; print('guard=%s budget=%s' % (os.environ.get('OTEL_PYTHON_LEAK_GUARD'), "
+                   "os.environ.get('OTEL_PYTHON_LEAK_GUARD_BUDGET')))")
+
+
+def test_guard_flags_reach_the_command_and_win_over_the_environment(tmp_path):
+    def child_sees(*flags, **env):
+        p = _run(["-q", "--report", "r.json", *flags, "--", "python", "-c", PRINT_GUARD_ENV], cwd=tmp_path,
+                 env=_clean_env(**env))
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip().splitlines()[-1]
+
+    assert child_sees("--guard", "dry-run", "--guard-budget", "104857600") == "guard=dry-run budget=104857600"
+    assert child_sees("--guard", "On", "--guard-budget", "0.5",
+                      OTEL_PYTHON_LEAK_GUARD="off", OTEL_PYTHON_LEAK_GUARD_BUDGET="0.9") == "guard=on budget=0.5"
+    assert child_sees(OTEL_PYTHON_LEAK_GUARD="dry-run", OTEL_PYTHON_LEAK_GUARD_BUDGET="0.7") == \
+        "guard=dry-run budget=0.7"  # without the flags the environment's values pass unchanged
+    assert child_sees() == "guard=None budget=None"
+    assert child_sees("--guard-budget", "0") == "guard=None budget=0"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--guard", "maybe"], "--guard takes off, dry-run, on, not 'maybe'"),
+    (["--guard", ""], "--guard takes off, dry-run, on, not ''"),
+    (["--guard-budget", "-1"], "--guard-budget takes bytes, a share 0 < x <= 1 of the memory limit, or 0 for none; "
+                               "not '-1'"),
+    (["--guard", "on", "--guard-budget", "80%"], "not '80%'"),
+    (["--guard-budget", "inf"], "not 'inf'"),
+])
+def test_a_bad_guard_flag_is_one_line_and_the_usage_exit_code(tmp_path, flags, message):
+    marker = tmp_path / "ran"
+    p = _run([*flags, "--", "python", "-c", f"open({str(marker)!r}, 'w')"], cwd=tmp_path, timeout=60)
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("otel-leak run: error: ") and message in err[0], err
+    assert not marker.exists(), "the command ran"
 
 
 @needs_detector

@@ -31,7 +31,8 @@ HARD = 150 * 1024 * 1024  # a backstop: a child whose leak the detector has not 
 LOAD_LIMIT_S = 28.0
 
 
-def _start(tmp_path: Path, redis_url: str, mode: str, pool: str = "prefork", name: str = "w", **extra) -> tuple:
+def _start(tmp_path: Path, redis_url: str, mode: str, pool: str = "prefork", name: str = "w", run_args=("--quiet",),
+           **extra) -> tuple:
     proc_dir = tmp_path / f"procs-{name}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(OTEL_LEAK_TEST_REDIS=redis_url, PYTHONUNBUFFERED="1", OTEL_PYTHON_LEAK_REPORT_DIR=str(proc_dir),
@@ -44,7 +45,7 @@ def _start(tmp_path: Path, redis_url: str, mode: str, pool: str = "prefork", nam
     log = open(log_path, "w")
     args = ["--pool=prefork", "--concurrency=2"] if pool == "prefork" else [f"--pool={pool}"]
     runner = subprocess.Popen(
-        [OTEL_LEAK, "run", "--report", str(tmp_path / f"{name}.json"), "--quiet", "--", "celery", "-A", APP,
+        [OTEL_LEAK, "run", "--report", str(tmp_path / f"{name}.json"), *run_args, "--", "celery", "-A", APP,
          "worker", *args, "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle",
          "-n", f"{name}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -216,6 +217,44 @@ def test_solo_worker_shuts_down_warm_over_its_hard_budget_and_the_queue_is_kept(
     (doc,) = [d for d in _files(proc_dir).values() if d["tasks_observed"]]
     (entry,) = doc["guard"]["entries"]
     assert entry["outcome"] == "recycled" and entry["reason"] == "hard_budget"
+
+
+def test_run_guard_flags_put_a_solo_worker_in_dry_run_over_the_environment(redis_url, tmp_path):
+    """``otel-leak run --guard dry-run --guard-budget BUDGET`` where the environment says the guard is off and
+    has no soft budget: the flags win. No hard budget, so the decision is the soft budget's: the solo worker's
+    floor crosses BUDGET and, once the detector declares the leak (13-20 s into the load), the guard records
+    what it would do and recycles nothing: one process runs every task, its entries in the merged report are
+    dry-run decisions for BUDGET, the summary has its line."""
+    from celery import Celery
+
+    runner, log, log_path, proc_dir = _start(
+        tmp_path, redis_url, "off", pool="solo", name="flags",
+        run_args=("--guard", "dry-run", "--guard-budget", str(BUDGET)), OTEL_PYTHON_LEAK_GUARD_BUDGET="0",
+        OTEL_PYTHON_LEAK_GUARD_HARD_BUDGET="0")
+    client = Celery("client", broker=redis_url, backend=redis_url)
+    try:
+        first = _wait([client.send_task("guard.leak")], timeout=90)
+        ids, pids = _load(client, lambda _: any((d.get("guard") or {}).get("dry_run_recycles")
+                                                for d in _files(proc_dir).values()))
+        rc = _stop(runner)
+    finally:
+        _reap(runner, log)
+    out = log_path.read_text()
+    assert rc == 0, out[-3000:]
+    assert set(first + pids) == set(first), "dry-run recycled the worker"
+    assert _executions(redis_url, ids) == {1: len(ids)}
+    merged = json.loads((tmp_path / "flags.json").read_text())
+    (worker,) = [p for p in merged["processes"] if p["pid"] == first[0]]
+    g = worker["guard"]
+    assert (g["mode"], g["budget_bytes"], g["hard_budget_bytes"], g["recycles"]) == ("dry-run", BUDGET, None, 0), g
+    (entry,) = g["entries"]
+    assert (entry["outcome"], entry["mode"], entry["reason"], entry["budget_bytes"]) == (
+        "dry_run", "dry-run", "budget", BUDGET), entry
+    _check_entry(entry)  # the leak verdict backed it
+    summary = " ".join(out.split())
+    assert f"pid {first[0]} would recycle (dry-run): budget, floor" in summary, out[-2000:]
+    assert merged["verdict"] == "leak"
+    assert "recycling the process" not in out and "Warm shutdown" not in out.split("would recycle")[0]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from otel_leak.report.fmt import bytes_h, fmt_site, rate_h, secs_h
+from otel_leak.report.schema import is_num
 
 VERDICT_STYLE = {"leak": "bold white on red", "no_leak": "bold white on green", "inconclusive": "bold black on yellow"}
 VERDICT_LABEL = {"leak": " LEAK ", "no_leak": " NO LEAK ", "inconclusive": " INCONCLUSIVE "}
@@ -107,6 +108,8 @@ def print_summary(
         if n_leak:
             txt += f" ({len(n_leak)} leaking: pid {', '.join(n_leak[:6])}{'…' if len(n_leak) > 6 else ''})"
         grid.add_row("processes", txt)
+    for line in guard_lines(procs):
+        grid.add_row("guard", line)
     if report.get("signal"):
         grid.add_row("command", Text(f"killed by {report['signal']} (exit {report.get('exit_code')})", style="yellow"))
     elif report.get("exit_code") not in (None, 0):
@@ -122,6 +125,53 @@ def print_summary(
     if kept_dir:
         grid.add_row("process files", kept_dir)
     console.print(grid)
+
+
+# The memory-budget guard's outcomes the summary shows, most consequential first (otel_leak.guard records them)
+GUARD_SHOWN = {
+    "recycled": ("recycled", "bold red"),
+    "rate_limited": ("NOT recycled, the hourly recycle limit is reached", "bold red"),
+    "dry_run": ("would recycle (dry-run)", "bold yellow"),
+}
+MAX_GUARD_LINES = 6
+
+
+def guard_lines(procs: list) -> list[Text]:
+    """One line per process the guard recycled, would have recycled (dry-run) or was stopped from recycling by
+    its hourly limit, from the ``guard`` object each process's report carries; then how many more."""
+    lines = []
+    for p in procs:
+        g = p.get("guard") if isinstance(p, dict) else None
+        entries = g.get("entries") if isinstance(g, dict) else None
+        shown = [e for e in entries or [] if isinstance(e, dict) and e.get("outcome") in GUARD_SHOWN]
+        if not shown:
+            continue
+        shown.sort(key=lambda e: list(GUARD_SHOWN).index(e["outcome"]))
+        e = shown[0]
+        label, style = GUARD_SHOWN[e["outcome"]]
+        line = Text(f"pid {p.get('pid')} ")
+        line.append(label, style=style)
+        facts = [str(e["reason"])] if e.get("reason") else []
+        if is_num(e.get("floor_bytes")):
+            budget = f" ≥ budget {bytes_h(e['budget_bytes'])}" if is_num(e.get("budget_bytes")) else ""
+            facts.append(f"floor {bytes_h(e['floor_bytes'])}{budget}")
+        if e.get("verdict"):
+            facts.append(f"verdict {e['verdict']}")
+        if e.get("task"):
+            facts.append(f"{'before' if e.get('when') == 'pre_task' else 'after'} task {e['task']}")
+        if facts:
+            line.append(": " + ", ".join(facts))
+        decided = sum(1 + (int(x["repeats"]) if is_num(x.get("repeats")) else 0)
+                      for x in shown if x.get("outcome") == e["outcome"])
+        if decided > 1:
+            line.append(f" (decided {decided} times)", style="dim")
+        others = sorted({str(x["outcome"]) for x in shown[1:] if x["outcome"] != e["outcome"]})
+        if others:
+            line.append(f"; also {', '.join(o.replace('_', ' ') for o in others)}", style="dim")
+        lines.append(line)
+    if len(lines) > MAX_GUARD_LINES:
+        lines = lines[:MAX_GUARD_LINES] + [Text(f"… and {len(lines) - MAX_GUARD_LINES} more processes", style="dim")]
+    return lines
 
 
 def error(console: Console, msg: str) -> None:

@@ -280,6 +280,7 @@ class Options:
     report: str | None = None  # None: default path in the working directory
     html: str | None = None
     quiet: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # variables set for the command over the environment's
 
 
 def default_report_path(command: list[str]) -> str:
@@ -322,7 +323,7 @@ def run(opts: Options) -> int:
     else:
         report_dir, keep_dir = tempfile.mkdtemp(prefix="otel-leak-"), False
     try:
-        env = build_env(dict(os.environ), report_dir)
+        env = build_env({**os.environ, **opts.env}, report_dir)
         exe, problem = resolve(opts.command[0], env)
         if exe is None:
             if problem == "not_found":
