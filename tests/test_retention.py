@@ -227,7 +227,8 @@ def test_handlers_added_to_a_logger_per_tenant_are_traced_to_the_logger_manager(
                 h = logging.NullHandler()
                 h.buffer = last = b"l" * (4000 + k)
                 logging.getLogger(f"worker.tenant.{k}").addHandler(h)
-            report(retention_paths(site_of(last), budget=TIER3_BUDGET.default))
+            # a tenth of the default budget: the cheap pass looks at the newest loggers' handlers first
+            report(retention_paths(site_of(last), budget=TIER3_BUDGET.default / 10))
 
         main()
     """)
@@ -284,3 +285,35 @@ def test_otel_leaks_own_objects_are_never_a_retention_path():
     assert paths, "no retention path"
     assert "TaskStats" not in paths[0]["text"], paths[0]["text"]
     assert "Job.parts" in paths[0]["text"] and "tenant_jobs_mod['job']" in paths[0]["text"], paths[0]["text"]
+
+
+def test_kept_exceptions_are_traced_through_their_traceback_to_the_frame_local(tmp_path):
+    """A registry of caught exceptions: each traceback keeps its frame, each frame its locals. Among a
+    worker's modules, within a tenth of the default budget, the path names the registry, the exception's
+    traceback and the local that holds the data."""
+    res = _in_worker_heap(tmp_path, """
+        import types
+        mod = types.ModuleType("tenant_errors_mod")
+        sys.modules["tenant_errors_mod"] = mod
+        mod._ERRORS = []
+
+        def handle(k):
+            try:
+                blob = b"k" * (5000 + k)
+                raise ValueError(f"bad input {k} ({len(blob)} bytes)")
+            except ValueError as exc:
+                mod._ERRORS.append(exc)
+
+        def main():
+            for k in range(3000):
+                handle(k)
+            blob = mod._ERRORS[-1].__traceback__.tb_frame.f_locals["blob"]
+            report(retention_paths(site_of(blob), budget=TIER3_BUDGET.default / 10))
+
+        main()
+    """)
+    paths = res["paths"]
+    assert paths, "no retention path"
+    text = paths[0]["text"]
+    assert "tenant_errors_mod['_ERRORS']" in text and "__traceback__" in text and "local 'blob'" in text, text
+    assert paths[0]["complete"]

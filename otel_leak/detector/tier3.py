@@ -36,6 +36,7 @@ import types
 from otel_leak.detector.tier2 import _OWN, site_frame
 
 MAX_NODES = 250_000  # objects the walk may visit (its own memory: a dict entry and a queue slot each)
+MAX_TB_FRAMES = 16  # frames of a kept exception's traceback looked into
 BIG = 64  # a container at least this long is checked for entries allocated at the site
 WIDE = 1024  # of a container longer than this, only the newest entries are followed
 CHECK_EVERY = 256  # objects between two looks at the clock
@@ -43,6 +44,7 @@ PER_ROOT = 5_000  # objects of its data walked from one root (not counting those
 MAX_PATH = 16
 
 _FRAME = type(sys._getframe())
+_TRACEBACK = types.TracebackType
 _FUNCTION = types.FunctionType
 _QUALNAME = type.__dict__["__qualname__"].__get__  # a class's qualified name, whatever its metaclass does
 _CELL = type((lambda x: lambda: x)(0).__closure__[0])
@@ -94,6 +96,11 @@ def _in_tail(o, at_site, parent: dict, deep: bool):
         t = type(r)
         if t in _ATOMIC or t in _SKIP:
             continue
+        if isinstance(r, BaseException):  # a kept exception: its traceback's frames keep their locals
+            hit = _in_traceback(r, at_site, parent, o)
+            if hit is not None:
+                return hit
+            continue
         for x in (_referents(r) if t is _FUNCTION else (d,) if type(d := _own_dict(r)) is dict else ()):
             for y in gc.get_referents(x):
                 if type(y) is _CELL:
@@ -104,6 +111,52 @@ def _in_tail(o, at_site, parent: dict, deep: bool):
                 elif at_site(y):
                     parent[id(r)], parent[id(x)] = o, r
                     return y, x
+    return None
+
+
+def _in_traceback(exc: BaseException, at_site, parent: dict, container):
+    """``(target, frame)`` when a local variable of a frame in ``exc``'s traceback was allocated at the
+    site (the frame links into ``parent``: container -> exception -> traceback -> frame)."""
+    tb, depth = exc.__traceback__, 0
+    first = tb
+    while tb is not None and depth < MAX_TB_FRAMES:
+        frame = tb.tb_frame
+        for v in list(frame.f_locals.values()):
+            if at_site(v):
+                parent[id(exc)], parent[id(first)] = container, exc
+                prev = first
+                t = first.tb_next
+                while prev is not tb:  # the traceback's own chain, down to this frame's entry
+                    parent[id(t)] = prev
+                    prev, t = t, t.tb_next
+                parent[id(frame)] = tb
+                return v, frame
+        tb, depth = tb.tb_next, depth + 1
+    return None
+
+
+def _in_loggers(at_site, parent: dict):
+    """``(target, holder)`` when a handler of one of the newest loggers keeps data from the site in its
+    attributes (handlers added per tenant, per request...): the logging module's registry of loggers is
+    not a module global, so the cheap pass over globals never meets it. The links go into ``parent``, up
+    to the ``logging`` module's ``root``."""
+    logging = sys.modules.get("logging")
+    manager = getattr(getattr(logging, "root", None), "manager", None)
+    registry = getattr(manager, "loggerDict", None)
+    if type(registry) is not dict:
+        return None
+    for logger in list(itertools.islice(reversed(registry.values()), 64)):
+        for handler in list(getattr(logger, "handlers", None) or ()):
+            attrs = _own_dict(handler)
+            if type(attrs) is not dict:
+                continue
+            for v in list(attrs.values()):
+                if type(v) in _ATOMIC and at_site(v):
+                    handlers = logger.handlers
+                    parent[id(handler)], parent[id(handlers)] = handlers, logger
+                    parent[id(logger)], parent[id(registry)] = registry, manager
+                    parent[id(manager)], parent[id(logging.root)] = logging.root, _own_dict(logging)
+                    return v, handler
     return None
 
 
@@ -162,6 +215,10 @@ def _describe(obj, child, modules: dict[int, str]) -> dict:
                 if v is child:
                     d["key"] = str(k)
                     break
+        elif isinstance(obj, BaseException) and obj.__traceback__ is child:
+            d["attr"] = "__traceback__"
+        elif type(obj) is _TRACEBACK:
+            d["attr"] = "tb_frame" if obj.tb_frame is child else "tb_next"
         else:
             od = _own_dict(obj)
             if od is not None:
@@ -261,6 +318,14 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     # in their own data (a registry of callbacks keeping their data as defaults or in closures).
     for deep, share in ((False, 1 / 3), (True, 1 / 6)):
         cheap_deadline = time.monotonic() + budget * share
+        if deep and target is None:
+            try:
+                hit = _in_loggers(at_site, parent)
+            except Exception:
+                hit = None
+            if hit is not None:
+                target, holder = hit
+                break
         for d in roots:
             if target is not None or time.monotonic() > cheap_deadline:
                 break
@@ -347,6 +412,9 @@ def retention_paths(site: dict, budget: float, max_nodes: int = MAX_NODES, per_r
     child, cur = target, holder
     complete = False
     while cur is not None and len(chain) < MAX_PATH:
+        up = parent.get(id(cur))
+        if type(cur) is dict and up is not None and id(cur) not in modules and _own_dict(up) is cur:
+            cur = up  # an instance's attribute dict (the walk met it once the dict existed): one step, X.attr
         step = _describe(cur, child, modules)
         chain.append(step)
         if "module" in step or (type(cur) is _FRAME and parent.get(id(cur)) is None):  # a running stack: a root
