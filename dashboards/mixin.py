@@ -333,6 +333,9 @@ def _validate(m: Mixin) -> None:
         )
     if m.seconds("limit_horizon_critical") > m.seconds("limit_horizon_warning"):
         raise ValueError("limit_horizon_critical must not be longer than limit_horizon_warning")
+    for alert in ("guard_recycling", "guard_rate_limited"):
+        if m.seconds(f"{alert}_for") >= m.seconds(f"{alert}_window"):
+            raise ValueError(f"{alert}_for must be shorter than {alert}_window (a decision fires for the window)")
     for r in ("limit_used_warning_ratio", "limit_used_critical_ratio"):
         if not 0 <= getattr(m, r) <= 1:
             raise ValueError(f"Mixin parameter {r!r} is a fraction of the limit: 0..1")

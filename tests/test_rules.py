@@ -112,6 +112,8 @@ def test_unknown_parameter_names_it_and_the_valid_ones():
         ({"process_labels": ("service_instance_id",)}, "service_labels must be a subset"),
         ({"task_for_critical": "10m"}, "task_for_critical"),
         ({"task_retained_critical_bytes_per_hour": 1}, "task_retained_critical_bytes_per_hour"),
+        ({"guard_recycling_for": "1h"}, "guard_recycling_for must be shorter than guard_recycling_window"),
+        ({"guard_rate_limited_window": "30s"}, "guard_rate_limited_for must be shorter"),
     ],
 )
 def test_invalid_values_fail_with_the_parameter_name(overrides, match):
