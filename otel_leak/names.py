@@ -83,6 +83,7 @@ SPAN_PID = "process.pid"  # semconv
 
 # Span event and log names emitted by the detector
 EVENT_LEAK_SUSPECT = "otel_leak.leak.suspect"
+ATTR_LEAK_PATTERN = "otel_leak.leak.pattern"  # on the suspect event: a name from detector.patterns.PATTERNS
 LOG_DIAGNOSIS = "otel_leak.diagnosis"
 
 # Value of ATTR_TASK_NAME once the cardinality cap is reached

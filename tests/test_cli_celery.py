@@ -142,11 +142,14 @@ def test_celery_prefork_leaking_task_gets_merged_verdict_and_suspect(redis_url, 
     # and what holds it: the module global
     assert any(p.get("complete") and p["text"].endswith("app['_USERS']") for p in r["retention_paths"]), \
         r["retention_paths"]
+    # the kind of leak and what to do: a module-level dict that only grows
+    assert r["pattern"] and r["pattern"]["pattern"] == "unbounded_container", r["pattern"]
+    assert "pattern" in out and r["pattern"]["remedy"][:40] in " ".join(out.split()), out[-3000:]
 
     assert r["exit_code"] == 0 and r["signal"] is None
     assert r["detected_at_s"] is not None and 0 < r["detected_at_s"] < r["duration_s"]
     page = html.read_text()
-    assert "leak declared" in page and LEAKY in page
+    assert "leak declared" in page and LEAKY in page and "Pattern: " in page
 
 
 def test_celery_solo_worker_with_a_mixed_queue_gets_the_verdict_and_the_task(redis_url, tmp_path):

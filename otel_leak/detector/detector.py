@@ -411,7 +411,8 @@ class Detector:
         self._vetoed = vetoed
         self.suspects = out
         if self.stats is not None:
-            self.stats.suspects = SU.span_attributes(out, self.kind, self.sites)
+            pat = outputs.pattern(self)
+            self.stats.suspects = SU.span_attributes(out, self.kind, self.sites, pat and pat["pattern"])
 
     # ------------------------------------------------------------------ outputs
     def confidence(self) -> float:

@@ -13,9 +13,11 @@ import os
 import sys
 import time
 
+import gc
+
 from otel_leak import names
 from otel_leak.detector.report import SCHEMA, write_atomic
-from otel_leak.detector import profile
+from otel_leak.detector import patterns, profile
 
 _log = logging.getLogger("otel_leak")
 _diag_log = logging.getLogger(names.LOG_DIAGNOSIS)
@@ -89,6 +91,16 @@ def confidence(det) -> float:
     return float(c)
 
 
+def pattern(det) -> dict | None:
+    """The leak's pattern and remedy (``patterns.classify``) while the verdict is leak, else None."""
+    if det.verdict != "leak":
+        return None
+    try:
+        return patterns.classify(det.kind, list(det.retention), det.allocator, gc.isenabled())
+    except Exception:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------- log
 def diagnosis(det) -> dict:
     tr = det.tier1.trend
@@ -102,6 +114,7 @@ def diagnosis(det) -> dict:
         "allocation_sites": [{k: v for k, v in s.items() if k != "traceback"} for s in det.sites[:3]],
         "retention_paths": [p.get("text") for p in det.retention],
         "allocator": det.allocator,
+        "pattern": pattern(det),
         "pid": det.pid,
     }
 
@@ -118,6 +131,9 @@ def emit_log(det) -> None:
             msg += "; task %r retains ~%.0f B/call" % (top["task"], top["retained_bytes_per_call"])
         if site:
             msg += "; top site %s:%s" % (site["file"], site["line"])
+        pat = d["pattern"]
+        if pat and pat["pattern"] != "unknown":
+            msg += "; pattern: %s. %s" % (pat["title"], pat["remedy"])
         extra = {
             names.LOG_DIAGNOSIS: json.dumps(d, default=str),
             names.ATTR_DETECTOR_VERDICT: det.verdict,
@@ -226,6 +242,7 @@ def build_report(det, final: bool = False) -> dict:
         "suspects": list(det.suspects) if verdict == "leak" else [],
         "allocation_sites": list(det.sites),
         "retention_paths": list(det.retention),
+        "pattern": pattern(det) if verdict == "leak" else None,
         "pid": det.pid,
         "ppid": os.getppid(),
         "argv": [str(a) for a in sys.argv],

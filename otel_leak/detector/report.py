@@ -141,6 +141,10 @@ def _validate(d: Any, p: list[str]) -> None:
             p.append("series: columns differ in length")
     if not isinstance(d.get("events"), list):
         p.append("process.events: expected a list")
+    pattern = d.get("pattern")  # optional: the leak's pattern (detector.patterns), null unless the verdict is leak
+    if pattern is not None and not (isinstance(pattern, dict) and isinstance(pattern.get("pattern"), str)
+                                    and isinstance(pattern.get("remedy"), str)):
+        p.append("process.pattern: expected null or an object with pattern and remedy")
     guard = d.get("guard")  # optional: the memory-budget guard's object (otel_leak.guard), null when it is off
     if guard is not None:
         if not isinstance(guard, dict):

@@ -143,7 +143,8 @@ def trace_ids_of(stats, task: str) -> list[str]:
     return []
 
 
-def span_attributes(suspects: list[dict], kind: str | None, sites: list[dict]) -> dict[str, dict]:
+def span_attributes(suspects: list[dict], kind: str | None, sites: list[dict],
+                    pattern: str | None = None) -> dict[str, dict]:
     """Per suspected task, the attributes of the span event the processor adds to its spans."""
     ev = {}
     for s in suspects:
@@ -156,4 +157,6 @@ def span_attributes(suspects: list[dict], kind: str | None, sites: list[dict]) -
         }
         if sites:
             ev[s["task"]]["otel_leak.leak.site"] = f"{sites[0]['file']}:{sites[0]['line']}"
+        if pattern:
+            ev[s["task"]][names.ATTR_LEAK_PATTERN] = pattern
     return ev

@@ -96,6 +96,16 @@ def print_summary(
         grid.add_row("allocation site", line)
     if verdict == "leak" and not sites:
         grid.add_row("allocation site", Text("not attributed (tier 2 did not run or found no Python-heap growth)", style="dim"))
+    paths = [rp for rp in (report.get("retention_paths") or []) if isinstance(rp, dict) and rp.get("text")]
+    if verdict == "leak" and paths:
+        grid.add_row("held by", Text(str(paths[0]["text"])))
+    pat = report.get("pattern") if verdict == "leak" else None
+    if isinstance(pat, dict) and pat.get("pattern"):
+        line = Text(str(pat.get("title") or pat["pattern"]), style="bold")
+        line.append(f"  (confidence {float(pat.get('confidence') or 0):.2f})", style="dim")
+        grid.add_row("pattern", line)
+        if pat.get("remedy"):
+            grid.add_row("remedy", Text(str(pat["remedy"])))
     rs, re_ = mem.get("rss_start_bytes"), mem.get("rss_end_bytes")
     if rs is not None or re_ is not None or mem.get("floor_slope_bytes_per_s") is not None:
         m = Text(f"RSS {bytes_h(rs)} → {bytes_h(re_)}, floor {rate_h(mem.get('floor_slope_bytes_per_s'))}")

@@ -425,6 +425,12 @@ def render_html(report: dict, *, title: str | None = None) -> str:
             parts.append(f'<pre class="rp">{e(_fmt_path(rp))}</pre>')
         parts.append("</section>")
 
+    pat = report.get("pattern") if report.get("verdict") == "leak" else None
+    if isinstance(pat, dict) and pat.get("pattern"):
+        parts.append(f"<section><h2>Pattern: {e(pat.get('title') or pat['pattern'])}</h2>")
+        parts.append(f"<p class='muted'>{e(pat['pattern'])} · confidence {float(pat.get('confidence') or 0):.2f} · "
+                     f"{e(pat.get('evidence') or '')}</p><p>{e(pat.get('remedy') or '')}</p></section>")
+
     parts.append("<section><h2>Processes</h2>")
     parts.append(_process_table(procs) if procs else '<p class="muted">No process wrote a report.</p>')
     parts.append("</section>")

@@ -236,7 +236,7 @@ def _process_entry(doc: dict, problems: list[str], path: str, run_start: float |
     }
     # Extra per-task estimates the detector may publish for every task type (not only suspects), and the
     # memory-budget guard's record (otel_leak.guard).
-    for key in ("tasks", "task_estimates", "profile", "guard"):
+    for key in ("tasks", "task_estimates", "profile", "guard", "pattern"):
         if isinstance(doc.get(key), (list, dict)):
             entry[key] = doc[key]
     if problems:
@@ -293,6 +293,7 @@ def _skeleton(run: RunInfo) -> dict:
         "suspects": [],
         "allocation_sites": [],
         "retention_paths": [],
+        "pattern": None,
         "processes": [],
         "command": list(run.command) if run.command else None,
         "exit_code": run.exit_code,
@@ -396,6 +397,9 @@ def _merge(loaded: list[Loaded], run: RunInfo) -> dict:
         for rp in p["retention_paths"]:
             paths.append(dict(rp, pid=p["pid"]) if isinstance(rp, dict) else rp)
     report["retention_paths"] = paths[:MAX_RETENTION_PATHS]
+    # The pattern: the most confident one of the leaking processes (each classified its own evidence).
+    pats = [p["pattern"] for p in leaking if isinstance(p.get("pattern"), dict) and p["pattern"].get("pattern")]
+    report["pattern"] = max(pats, key=lambda x: float(x.get("confidence") or 0)) if pats else None
 
     # completeness
     incomplete = False
