@@ -49,6 +49,17 @@ HOLDERS = {
     "intermittent": ["_CACHE"], "two_leakers": ["_CACHE", "_HISTORY"], "rare_leaker": ["_CACHE"],
 }
 NATIVE = {"native_malloc", "native_mmap"}
+# The pattern (otel_leak.detector.patterns) each leak family is an instance of; None where the evidence a
+# worker has cannot decide it (atexit's registry lives in C: no retention path, no allocator sign).
+PATTERNS = {
+    "dict_growth": "unbounded_container", "list_growth": "unbounded_container",
+    "lru_method": "unbounded_memoisation", "logging_handlers": "handler_registration", "atexit_callbacks": None,
+    "listener_registry": "handler_registration", "kept_exceptions": "kept_exceptions",
+    "asyncio_tasks": "asyncio_tasks", "thread_registry": "unbounded_container",
+    "gc_disabled_cycles": "uncollected_cycles", "native_malloc": "native_memory", "native_mmap": "outside_malloc",
+    "numpy_buffers": "unbounded_container", "queue_backlog": "queue_backlog", "late_onset": "unbounded_container",
+    "intermittent": "unbounded_container", "two_leakers": "unbounded_container", "rare_leaker": "unbounded_container",
+}
 
 TASK_NAMES = (
     "render", "ingest", "resolve", "export", "parse", "notify", "thumbnail", "index", "enrich", "publish",

@@ -160,6 +160,16 @@ def judge(res: dict) -> dict:
     if spec["holders"]:
         texts = " ".join(p.get("text", "") for p in rep.get("retention_paths") or [])
         row["holder_ok"] = any(h in texts for h in spec["holders"])
+    want = D.PATTERNS.get(spec["family"])
+    if want and row["verdict"] == "leak":
+        pat = rep.get("pattern")
+        if not isinstance(pat, dict):  # a report from before patterns: classified now, from its evidence
+            from otel_leak.detector.patterns import classify
+
+            pat = classify(row["kind"], rep.get("retention_paths") or [], (rep.get("memory") or {}).get("allocator"))
+            row["pattern_after_the_run"] = True
+        row["pattern"] = pat.get("pattern")
+        row["pattern_ok"] = pat.get("pattern") == want
     return row
 
 
@@ -195,6 +205,7 @@ def summarize(rows: list[dict]) -> dict:
     det = [r for r in leaks if r["verdict"] == "leak"]
     site = [r for r in det if "site_ok" in r]
     hold = [r for r in det if "holder_ok" in r]
+    pats = [r for r in det if "pattern_ok" in r]
 
     def ci(k, n):
         lo, hi = wilson(k, n)
@@ -210,6 +221,8 @@ def summarize(rows: list[dict]) -> dict:
         "task_top1": ci(sum(1 for r in det if r.get("task_ok")), len(det)),
         "site_top3": ci(sum(1 for r in site if r["site_ok"]), len(site)),
         "holder_named": ci(sum(1 for r in hold if r["holder_ok"]), len(hold)),
+        "pattern_right": ci(sum(1 for r in pats if r["pattern_ok"]), len(pats)),
+        "pattern_classified_after_the_run": sum(1 for r in pats if r.get("pattern_after_the_run")),
         "fast_median_tasks": _med([r["detected_at_tasks"] for r in fast]),
         "fast_median_s": _med([r["detected_at_s"] for r in fast]),
         "fast_n": len(fast),
@@ -230,8 +243,8 @@ def _fmt_ci(c: dict) -> str:
 
 def print_markdown(rows: list[dict], summ: dict, command: str) -> None:
     print(f"command: `{command}`\n")
-    print("| family | draws | right verdict | benign ever declared | task top-1 | site top-3 | holder | median s / tasks to declare |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| family | draws | right verdict | benign ever declared | task top-1 | site top-3 | holder | pattern | median s / tasks to declare |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for fam in D.FAMILIES:
         rs = [r for r in rows if r["family"] == fam]
         if not rs:
@@ -240,10 +253,10 @@ def print_markdown(rows: list[dict], summ: dict, command: str) -> None:
         det = [r for r in rs if r["verdict"] == "leak" and r["expected"] == "leak"]
         ever = _rate([r for r in rs if r["expected"] != "leak"], "ever_leak")
         print(f"| {fam} | {len(rs)} | {ok}/{len(rs)} | {ever} | {_rate(det, 'task_ok')} | {_rate(det, 'site_ok')} | "
-              f"{_rate(det, 'holder_ok')} | {_med([r['detected_at_s'] for r in det])} / {_med([r['detected_at_tasks'] for r in det])} |")
+              f"{_rate(det, 'holder_ok')} | {_rate(det, 'pattern_ok')} | {_med([r['detected_at_s'] for r in det])} / {_med([r['detected_at_tasks'] for r in det])} |")
     print()
     for k in ("precision", "recall", "recall_64mib", "slower_declared_before_64mib", "benign_ever_declared", "task_top1",
-              "site_top3", "holder_named"):
+              "site_top3", "holder_named", "pattern_right"):
         print(f"- {k}: {_fmt_ci(summ[k])}")
     print(f"- leaks >= 4 KiB/call at >= 50 tasks/s: median {summ['fast_median_tasks']} tasks, {summ['fast_median_s']} s (n={summ['fast_n']})")
     print(f"- tier 2 share of run time: mean {100 * summ['tier2_share_mean']:.2f} % over all runs, "
