@@ -33,4 +33,4 @@ generate:
 	$(PROMTOOL) check rules $(GENERATED)/prometheus-rules.yaml $(GENERATED)/prometheus-rules.test.yaml \
 		$(GENERATED)/grafana/prometheus-recording-rules.yaml
 	$(PYTHON) -m otel_leak.config --write $(README)
-	$(PYTHON) -m otel_leak.detector.patterns --write docs/runbooks/patterns.md
+	$(PYTHON) -m otel_leak.detector.patterns --write docs/patterns.md

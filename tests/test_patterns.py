@@ -173,5 +173,5 @@ def test_the_patterns_runbook_is_generated_from_the_patterns():
 
     from otel_leak.detector.patterns import runbook_markdown
 
-    page = Path(__file__).resolve().parent.parent / "docs" / "runbooks" / "patterns.md"
-    assert page.read_text() == runbook_markdown(), "docs/runbooks/patterns.md is stale: run `make generate`"
+    page = Path(__file__).resolve().parent.parent / "docs" / "patterns.md"
+    assert page.read_text() == runbook_markdown(), "docs/patterns.md is stale: run `make generate`"

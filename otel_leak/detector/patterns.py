@@ -134,7 +134,7 @@ def _decide(kind, retention, allocator, gc_enabled) -> tuple[str, float, str]:
 
 
 def runbook_markdown() -> str:
-    """docs/runbooks/patterns.md: one section per pattern (``make generate`` writes it from PATTERNS)."""
+    """docs/patterns.md: one section per pattern (``make generate`` writes it from PATTERNS)."""
     out = ["# Leak patterns and their remedies", "",
            "<!-- GENERATED from otel_leak/detector/patterns.py by `make generate`: do not edit. -->", "",
            "The detector names the pattern of a declared leak (the report's `pattern`, the summary's "
