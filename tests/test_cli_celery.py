@@ -31,15 +31,12 @@ SOLO_TASKS = 3000  # ~40 s at ~75 tasks/s
 
 
 def _child_files(proc_dir: Path, command_pid: int | None) -> dict[int, dict]:
-    out = {}
-    for f in proc_dir.glob("*.json"):
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        if command_pid is not None and doc.get("ppid") == command_pid:
-            out[doc["pid"]] = doc
-    return out
+    """The report files of ``command_pid``'s children (the prefork pool's), by pid."""
+    from tests.frameworks import process_files
+
+    if command_pid is None:
+        return {}
+    return {pid: doc for pid, doc in process_files(proc_dir).items() if doc.get("ppid") == command_pid}
 
 
 
