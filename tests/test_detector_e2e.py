@@ -23,7 +23,7 @@ INSTRUMENT = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instru
 pytestmark = pytest.mark.skipif(not os.path.exists(INSTRUMENT), reason="opentelemetry-instrument not installed")
 
 
-def _start(name, out):
+def _start(name, out, **extra):
     env = dict(os.environ)
     env.update(
         OTEL_TRACES_EXPORTER="none",
@@ -34,6 +34,7 @@ def _start(name, out):
         OTEL_PYTHON_LEAK_DETECTOR_MIN_GROWTH="1000000",
         SCENARIO_DURATION="24",  # a leak must last 10 s; declared ~13 s in, tier 2 after
     )
+    env.update(extra)
     return subprocess.Popen(
         [INSTRUMENT, sys.executable, os.path.join(SCEN, name)], env=env, cwd=SCEN,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -73,6 +74,31 @@ def test_leak_and_benign_scenarios_end_to_end(tmp_path):
     assert benign["verdict"] == "no_leak"
     assert not any(e["kind"] == "leak_declared" for e in benign["events"])
     assert benign["suspects"] == [] and benign["tasks_observed"] > 300
+
+
+def test_a_bounded_lru_cache_filling_linearly_is_not_a_leak_and_the_unbounded_one_is(tmp_path):
+    """bounded_lru_long.py: an lru_cache of 64 KiB results, a fresh key every call. With maxsize=300 it fills
+    linearly for the whole 24-s run, longer than a trend must last (it was declared ~13 s in before the
+    detector looked at bounded holders); unbounded, the same growth is a leak, declared and charged to
+    'tile'. Both run at once."""
+    bounded_dir, unbounded_dir = tmp_path / "bounded", tmp_path / "unbounded"
+    procs = [_start("bounded_lru_long.py", bounded_dir),
+             _start("bounded_lru_long.py", unbounded_dir, SCENARIO_LRU_MAXSIZE="none")]
+    for p in procs:
+        _, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err[-2000:]
+
+    bounded = _report(bounded_dir)
+    assert validate_process_report(bounded) == []
+    assert not any(e["kind"] == "leak_declared" for e in bounded["events"]), bounded["events"]
+    assert bounded["verdict"] != "leak"
+    holds = [e for e in bounded["events"] if e["kind"] == "bounded_fill"]
+    assert holds and "render_tile" in holds[0]["reason"] and "/300 entries" in holds[0]["reason"], bounded["events"]
+
+    unbounded = _report(unbounded_dir)
+    assert unbounded["verdict"] == "leak", unbounded["trends"]
+    assert unbounded["suspects"][0]["task"] == "tile"
+    assert not any(e["kind"] == "bounded_fill" for e in unbounded["events"])
 
 
 def test_heap_reuse_by_a_neighbour_names_only_the_leaker(tmp_path):

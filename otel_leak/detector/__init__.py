@@ -23,8 +23,10 @@ What a leak is, for every part of the detector:
    straight line, or a quadratic fit's curvature is significantly negative (two standard errors, allowing
    for autocorrelation) with the pace falling by a quarter, over the trend or over the whole kept history
    (up to 64 windows, when the trend's own pace falls too), it is not declared. A fill with a time constant
-   of tens of seconds still looks like a leak for that long. Nothing is declared sooner, however large the
-   growth: the page waits 10 s.
+   of tens of seconds still looks like a leak for that long, unless its holder declares a bound: an
+   ``lru_cache(maxsize=N)``, a ``deque(maxlen=N)`` or a ``cachetools`` cache still filling that accounts
+   for at least half of the pace holds the verdict back (``bounded``). Nothing is declared sooner, however
+   large the growth: the page waits 10 s.
 3. **Judged on the worker's own scale.** Windows close after a number of samples, 0.75 s *and* a number
    of tasks, the sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
    defaults serve 5 and 1,000 tasks a second.

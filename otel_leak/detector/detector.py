@@ -25,6 +25,7 @@ from otel_leak.detector import settings as S
 from otel_leak.detector import suspects as SU
 from otel_leak.detector import tier2 as T2
 from otel_leak.detector.allocator import AllocatorReader
+from otel_leak.detector.bounded import BoundedFills
 from otel_leak.detector.cadence import Cadence
 from otel_leak.detector.fullgc import FullCollections
 from otel_leak.detector.outputs import Series
@@ -120,7 +121,8 @@ class Detector:
         self.last = None
         self._profile_cache = None  # (monotonic time, profile) of the last report (detector.profile)
         self.first_rss: int | None = None
-        self.tier1 = Tier1(**self._t1_kwargs)
+        self._bounded = BoundedFills()
+        self.tier1 = Tier1(**self._t1_kwargs, hold=self._hold)
         self.series = Series()
         self.recent_rss: collections.deque[int] = collections.deque(maxlen=5)
         self.events: collections.deque[dict] = collections.deque(maxlen=MAX_EVENTS)
@@ -241,6 +243,7 @@ class Detector:
                 self._event("suspicion", trend=t1.trend.as_dict())
                 self._young_collect()
                 self._start_burst()
+                self._bounded.look()  # the fill of bounded holders, to compare with at the decision
         if t1.declared and not was:
             self._declare(s)
         if self.verdict != "leak":
@@ -249,6 +252,17 @@ class Detector:
             self._update_suspects()  # tier 2 never answered: tier 1's significant suspects stand
         if t1.declared and self.tier2_enabled and self.tier2_thread is None:
             self._maybe_tier2(s)
+
+    def _hold(self, trend) -> str | None:
+        """Tier 1's last question before it declares: do bounded holders still filling explain the growth?"""
+        try:
+            why = self._bounded.explains(trend.slope)
+        except Exception as exc:  # a look that fails never holds a verdict back
+            self._event("error", detail=f"bounded holders: {type(exc).__name__}: {exc}")
+            return None
+        if why and not self.tier1.held:  # once per hold, not at every window it lasts
+            self._event("bounded_fill", reason=why)
+        return why
 
     def _malloc(self, now: float):
         """glibc in-use/free bytes, read as often as the allocator-walk budget allows (the walk's cost is

@@ -139,7 +139,12 @@ class Tier1:
         min_span_tasks: int = 400,
         min_span_s: float = 10.0,
         slow_span_s: float = 12.0,
+        hold=None,
     ) -> None:
+        # ``hold(trend)``: asked when a trend is about to be declared; a reason not to (the growth is
+        # explained by something that stops by itself, see ``bounded``), or None
+        self.hold = hold
+        self.held: str | None = None  # the last reason ``hold`` gave
         self.min_span_tasks = min_span_tasks
         self.min_span_s = min_span_s
         self.slow_span_s = slow_span_s
@@ -335,6 +340,12 @@ class Tier1:
         # (the same signal both times).
         coarse_ok = any(tr.candidate and tr.scale > 1 and self.coarse_streaks.get(tr.signal, 0) >= 2 for tr in cands)
         if not self.declared and (self.candidate_streak >= 2 or coarse_ok):
+            why = self.hold(self.trend) if self.hold is not None else None
+            self.held = why
+            if why:
+                self.trend.candidate = False
+                self.trend.reasons.append(why)
+                return
             self.declared = True
             self.declared_t = w.t1
             self.declared_tasks = self.tasks_total
