@@ -132,7 +132,10 @@ def test_prefork_children_are_recycled_between_tasks_and_no_task_is_lost_or_run_
     for pid, d in recycled.items():
         (entry,) = [e for e in d["guard"]["entries"] if e["outcome"] == "recycled"]
         _check_entry(entry)
-        assert entry["when"] == "post_task" and entry["task"] == "guard.leak"
+        assert entry["task"] == "guard.leak"
+        # the soft budget decides only after a task; the hard one also before it (the sampler may have read
+        # the floor over it between the two checks), and then the task still runs and the child exits after it
+        assert entry["when"] == "post_task" or entry["reason"] == "hard_budget", entry
     # the pool replaced them the way worker_max_memory_per_child does: no lost worker, no error exit
     assert "WorkerLostError" not in out and "exited with" not in out, out[-3000:]
     # the merged report carries each process's guard record
