@@ -734,6 +734,7 @@ class WebhookSink:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, Any]] = []
+        self.arrived: list[float] = []  # unix time each of ``received`` arrived
         self._cond = threading.Condition()
         sink = self
 
@@ -747,6 +748,7 @@ class WebhookSink:
                     payload = raw.decode(errors="replace")
                 with sink._cond:
                     sink.received.append((self.path, payload))
+                    sink.arrived.append(time.time())
                     sink._cond.notify_all()
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -769,6 +771,11 @@ class WebhookSink:
         with self._cond:
             return [p for _, p in self.received]
 
+    def timed_payloads(self) -> list[tuple[float, Any]]:
+        """``(arrival unix time, payload)`` in arrival order."""
+        with self._cond:
+            return [(t, p) for t, (_, p) in zip(self.arrived, self.received)]
+
     def for_receiver(self, name: str) -> list[Any]:
         with self._cond:
             return [p for path, p in self.received if path.strip("/") == name]
@@ -776,6 +783,7 @@ class WebhookSink:
     def clear(self) -> None:
         with self._cond:
             self.received.clear()
+            self.arrived.clear()
 
     def wait_for(self, predicate: Callable[[str, Any], bool], timeout: float = 30.0) -> tuple[str, Any]:
         """First (path, payload) matching ``predicate`` (already received or arriving within timeout)."""
@@ -797,6 +805,19 @@ class WebhookSink:
 
 # ------------------------------------------------------------------------------------------------
 # Workers under opentelemetry-instrument
+
+LEAKY, HEALTHY = "e2e-leaky", "e2e-healthy"  # the services of conftest.py's leak_pair
+LEAK_BYTES = 64 * 1024
+MEMORY_LIMIT = 400 * 1024 * 1024
+PAIR_SECONDS = 1200  # longer than the e2e modules take; stopped at the end of the session
+
+
+@dataclass
+class LeakPair:
+    leaky: Proc
+    healthy: Proc
+    started: float  # unix time, just before the two workers started
+
 
 
 def venv_bin(name: str) -> str:

@@ -18,6 +18,12 @@ Session-scoped, started on first use, stopped at the end of the session:
 ``webhook_sink``  stdlib HTTP server collecting POSTed JSON: a stand-in for the pager only.
 ``run_worker``    run a command under ``.venv/bin/opentelemetry-instrument`` exporting OTLP/gRPC to
                   ``collector``; ``start_worker`` does the same in the background.
+``leak_pair``     tests/workers/e2e_worker.py twice under ``opentelemetry-instrument``, one keeping 64 KiB
+                  per ``ingest`` call (service ``e2e-leaky``, instance ``leaky-1``), one keeping nothing
+                  (``e2e-healthy``, ``healthy-1``), both reporting a 400 MiB memory limit. Started at the
+                  first e2e test (autouse) and shared by the modules that wait for alerts, which look at what
+                  the rules did since ``leak_pair.started``: the leak has been running while the other
+                  modules ran, instead of each module waiting minutes for alerts of its own pair.
 
 Plugging in rules and routing (other engineers' files):
 
@@ -40,11 +46,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+from otel_leak import names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,7 +63,13 @@ from _procs import (  # noqa: E402
     IN_CI,
     REPO,
     Alertmanager,
+    HEALTHY,
+    LEAK_BYTES,
+    LEAKY,
+    MEMORY_LIMIT,
+    PAIR_SECONDS,
     Collector,
+    LeakPair,
     Proc,
     Prometheus,
     TraceStore,
@@ -325,3 +340,36 @@ def start_worker(collector: Collector, e2e_dir: Path) -> Iterator[Callable[..., 
     yield start
     for p in procs:
         p.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The leaking and healthy workers the alert modules share
+
+@pytest.fixture(scope="session")
+def leak_pair(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator[LeakPair]:
+    prometheus.wait_for_targets()  # scraping before the workers start: no early sample or exemplar is lost
+    started = time.time()
+    procs = []
+    try:
+        for service, instance, leak in ((LEAKY, "leaky-1", LEAK_BYTES), (HEALTHY, "healthy-1", 0)):
+            env = _procs.otel_env(collector, service_name=service, instance_id=instance,
+                                  extra={names.ENV_PREFIX + "MEMORY_LIMIT": str(MEMORY_LIMIT)})
+            argv = _procs.instrumented_argv(
+                [sys.executable, str(REPO / "tests" / "workers" / "e2e_worker.py"), "--leak-bytes", str(leak),
+                 "--seconds", str(PAIR_SECONDS)])
+            procs.append(Proc(service, argv, e2e_dir / "workers" / f"{service}.log", env=env, cwd=REPO).start())
+        yield LeakPair(procs[0], procs[1], started)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_pair_from_the_first_e2e_test(request: pytest.FixtureRequest) -> None:
+    """Start ``leak_pair`` with the first e2e test. Where the harness cannot start outside CI (a missing
+    binary skips), the tests that need no harness still run."""
+    try:
+        request.getfixturevalue("leak_pair")
+    except pytest.skip.Exception:
+        if IN_CI:
+            raise

@@ -2,13 +2,15 @@
 real Prometheus holding real data: it fires for a leaking worker and not for a healthy one.
 
 Set-up (the harness in conftest.py: the built collector, Prometheus 2.42 scraping it every second with the
-generated short-window rules ``prometheus-rules.test.yaml`` loaded): ``tests/workers/e2e_worker.py`` twice under
-``opentelemetry-instrument``, one keeping 64 KiB per ``ingest`` call (service ``grafana-leaky``), one keeping
-nothing (``grafana-healthy``), both reporting a 400 MiB memory limit (so the limit alerts have one).
+generated short-window rules ``prometheus-rules.test.yaml`` loaded): the session's ``leak_pair``,
+``tests/workers/e2e_worker.py`` twice under ``opentelemetry-instrument``, one keeping 64 KiB per ``ingest`` call
+(service ``e2e-leaky``), one keeping nothing (``e2e-healthy``), both reporting a 400 MiB memory limit (so the
+limit alerts have one), started with the first e2e test.
 
 The rules are the ones ``dashboards.grafana.alerts`` generates for ``Mixin.e2e()`` (the parameters of the
 loaded Prometheus rules; the committed production file has hour-long windows no test run can fill). Every
-rule interval (2 s) each rule's query ``A`` runs as an instant query; Grafana's reduce ``B`` (last) and math
+rule interval (2 s) from the pair's start each rule's query ``A`` runs as an instant query at that time (the
+times already past are replayed at once, the rest as they come); Grafana's reduce ``B`` (last) and math
 condition ``C`` (``is_number($B) || is_nan($B) || is_inf($B)``) are applied per returned series, and an
 instance whose condition holds for the rule's ``for`` has fired (Grafana's pending period).
 
@@ -29,15 +31,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _procs  # noqa: E402
-from _procs import REPO, Collector, Proc, Prometheus  # noqa: E402
+from _procs import HEALTHY, LEAKY, REPO, LeakPair, Prometheus  # noqa: E402
 
 from dashboards import rules  # noqa: E402
 from dashboards.grafana import alerts  # noqa: E402
@@ -45,10 +45,7 @@ from dashboards.grafana.inline import inline  # noqa: E402
 from dashboards.mixin import Mixin, seconds  # noqa: E402
 from otel_leak import names  # noqa: E402
 
-WORKER = REPO / "tests" / "workers" / "e2e_worker.py"
-LEAKY, HEALTHY = "grafana-leaky", "grafana-healthy"
-MEMORY_LIMIT = 400 * 1024 * 1024
-TIMEOUT = 330
+TIMEOUT = 330  # from the pair's start
 M = Mixin.e2e()
 RULES = [r for g in alerts.document(M)["groups"] for r in g["rules"]]
 INTERVAL = M.seconds("rule_interval")
@@ -126,46 +123,26 @@ def _for(rule: dict) -> str:
     return rule["for"]
 
 
-def _worker(collector: Collector, e2e_dir: Path, service: str, leak_bytes: int) -> Proc:
-    env = _procs.otel_env(collector, service_name=service, instance_id=f"{service}-1",
-                          extra={names.ENV_PREFIX + "MEMORY_LIMIT": str(MEMORY_LIMIT)})
-    argv = _procs.instrumented_argv(
-        [sys.executable, str(WORKER), "--leak-bytes", str(leak_bytes), "--seconds", str(TIMEOUT + 60)])
-    return Proc(service, argv, e2e_dir / "workers" / f"{service}.log", env=env, cwd=REPO).start()
-
-
 @pytest.fixture(scope="module")
-def run(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator[Run]:
-    prometheus.wait_for_targets()
-    leaky = _worker(collector, e2e_dir, LEAKY, 64 * 1024)
-    healthy = _worker(collector, e2e_dir, HEALTHY, 0)
-    try:
-        yield from _evaluate(prometheus, leaky, healthy)
-    finally:
-        leaky.stop()
-        healthy.stop()
-
-
-def _evaluate(prometheus: Prometheus, leaky: Proc, healthy: Proc) -> Iterator[Run]:
+def run(prometheus: Prometheus, leak_pair: LeakPair) -> Run:
     r = Run()
-    started = time.time()
-    deadline = time.monotonic() + TIMEOUT
     firing = f'ALERTS{{alertstate="firing", {names.LABEL_SERVICE}="{LEAKY}"}}'
-    while time.monotonic() < deadline:
-        for p in (leaky, healthy):
+    t = leak_pair.started
+    while t < leak_pair.started + TIMEOUT:
+        for p in (leak_pair.leaky, leak_pair.healthy):
             if not p.alive:
                 pytest.fail(f"worker {p.name} exited ({p.returncode}):\n{p.log_text()[-3000:]}", pytrace=False)
-        tick = time.time()
-        r.evaluate(prometheus, tick)
+        time.sleep(max(0.0, t - time.time()))  # a time already past is evaluated at once
+        r.evaluate(prometheus, t)
         r.prometheus_fired |= {(s["metric"]["alertname"], s["metric"][names.LABEL_SEVERITY])
-                               for s in prometheus.query(firing)}
+                               for s in prometheus.query(firing, time=t)}
         if MUST_FIRE <= r.fired(LEAKY) and r.prometheus_fired <= r.true_ever(LEAKY):
             break
-        time.sleep(max(0.0, INTERVAL - (time.time() - tick)))
-    print(f"\ngrafana rules: {r.evaluations} evaluations in {time.time() - started:.0f}s; fired for {LEAKY}: "
-          f"{sorted(r.fired(LEAKY))}; for {HEALTHY}: {sorted(r.fired(HEALTHY))}; "
-          f"Prometheus fired for {LEAKY}: {sorted(r.prometheus_fired)}")
-    yield r
+        t += INTERVAL
+    print(f"\ngrafana rules: {r.evaluations} evaluations over {t - leak_pair.started:.0f}s from the pair's start "
+          f"({time.time() - leak_pair.started:.0f}s ago); fired for {LEAKY}: {sorted(r.fired(LEAKY))}; "
+          f"for {HEALTHY}: {sorted(r.fired(HEALTHY))}; Prometheus fired for {LEAKY}: {sorted(r.prometheus_fired)}")
+    return r
 
 
 def test_queries_are_the_loaded_prometheus_alerts_inlined() -> None:
@@ -200,7 +177,7 @@ def test_task_alert_names_the_leaking_task(run: Run) -> None:
             tasks = {i.labels.get(names.LABEL_TASK) for i in run.service(rule["uid"], LEAKY) if i.fired}
             assert tasks == {"ingest"}, f"{rule['uid']}: {tasks}"
             instances = {i.labels.get(names.LABEL_INSTANCE) for i in run.service(rule["uid"], LEAKY) if i.fired}
-            assert instances == {"grafana-leaky-1"}
+            assert instances == {"leaky-1"}
 
 
 def test_condition_is_true_for_every_float() -> None:

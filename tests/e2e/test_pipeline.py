@@ -1,8 +1,9 @@
-"""The whole chain with the real programs: a leaking worker under ``opentelemetry-instrument`` → the built
-collector → Prometheus 2.42 with the generated short-window rules → Alertmanager 0.25 → a page (webhook
-sink) naming the service, the instance and the leaking task, with the runbook URL; an exemplar on the
-leaking task's histogram whose trace id the trace store (Jaeger v2) holds. A healthy worker run the same
-way at the same time never pages.
+"""The whole chain with the real programs: a leaking worker under ``opentelemetry-instrument`` (the
+session's ``leak_pair``, see conftest.py) → the built collector → Prometheus 2.42 with the generated
+short-window rules → Alertmanager 0.25 → a page (webhook sink) naming the service, the instance and the
+leaking task, with the runbook URL; an exemplar on the leaking task's histogram whose trace id the trace
+store (Jaeger v2) holds. The healthy worker of the pair, run the same way at the same time, never pages.
+Times are from the pair's start to each page's arrival.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 
 from otel_leak import names
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procs import HEALTHY, LEAKY  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = ROOT / "tests" / "workers" / "e2e_worker.py"
-LEAKY, HEALTHY = "e2e-leaky", "e2e-healthy"
-PAGE_TIMEOUT = 300
+PAGE_TIMEOUT = 300  # from the pair's start
 
 
 def _alerts(payloads):
@@ -27,42 +30,30 @@ def _alerts(payloads):
 
 
 def test_leak_pages_with_service_instance_task_runbook_and_trace(
-    prometheus, alertmanager, webhook_sink, tracestore, start_worker
+    prometheus, alertmanager, webhook_sink, tracestore, leak_pair
 ):
-    prometheus.wait_for_targets()
-    leaky = start_worker(
-        [sys.executable, str(WORKER), "--leak-bytes", str(64 * 1024), "--seconds", str(PAGE_TIMEOUT + 30)],
-        name="leaky",
-        service_name=LEAKY,
-        instance_id="leaky-1",
-    )
-    healthy = start_worker(
-        [sys.executable, str(WORKER), "--leak-bytes", "0", "--seconds", str(PAGE_TIMEOUT + 30)],
-        name="healthy",
-        service_name=HEALTHY,
-        instance_id="healthy-1",
-    )
-    started = time.time()
+    leaky, healthy, started = leak_pair.leaky, leak_pair.healthy, leak_pair.started
 
     # 1. A page for the leaking task: labels name service, instance and task; annotations the runbook.
     task_page = detector_page = floor_page = None
     deadline = started + PAGE_TIMEOUT
     while time.time() < deadline and not (task_page and floor_page and detector_page):
-        for payload, alert in _alerts(webhook_sink.payloads):
-            labels = alert["labels"]
-            if labels.get(names.LABEL_SERVICE) != LEAKY or alert["status"] != "firing":
-                continue
-            found = (time.time() - started, payload, alert)
-            if labels.get("alertname") == "OtelLeakTaskRetainingMemory" and labels.get(names.LABEL_TASK) == "ingest":
-                task_page = task_page or found
-            if labels.get("alertname") == "OtelLeakDetectorReportsLeak" and labels.get(names.LABEL_TASK):
-                detector_page = detector_page or found
-            if (
-                labels.get("alertname") == "OtelLeakMemoryFloorGrowing"
-                and labels.get("severity") == "critical"
-                and payload["receiver"] == "workers-pagerduty"  # critical → the pager
-            ):
-                floor_page = floor_page or found
+        for arrived, payload in webhook_sink.timed_payloads():
+            for alert in payload.get("alerts", []):
+                labels = alert["labels"]
+                if labels.get(names.LABEL_SERVICE) != LEAKY or alert["status"] != "firing":
+                    continue
+                found = (arrived - started, payload, alert)
+                if labels.get("alertname") == "OtelLeakTaskRetainingMemory" and labels.get(names.LABEL_TASK) == "ingest":
+                    task_page = task_page or found
+                if labels.get("alertname") == "OtelLeakDetectorReportsLeak" and labels.get(names.LABEL_TASK):
+                    detector_page = detector_page or found
+                if (
+                    labels.get("alertname") == "OtelLeakMemoryFloorGrowing"
+                    and labels.get("severity") == "critical"
+                    and payload["receiver"] == "workers-pagerduty"  # critical → the pager
+                ):
+                    floor_page = floor_page or found
         time.sleep(1)
     assert leaky.alive, "the leaking worker died"
     seen = sorted({(a["labels"]["alertname"], a["labels"].get(names.LABEL_TASK, "")) for _, a in _alerts(webhook_sink.payloads)})
