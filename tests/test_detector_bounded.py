@@ -9,6 +9,7 @@ import functools
 import gc
 import sys
 import types
+import weakref
 
 import pytest
 
@@ -38,8 +39,12 @@ def _fills(clock=None) -> B.BoundedFills:
 
 
 def _mine(fills: B.BoundedFills, module) -> dict[str, tuple]:
-    return {name: (fill, bound, per) for name, fill, bound, per in fills.last.values()
-            if name.startswith(module.__name__)}
+    """name -> (fill, bound, bytes per unit) of the test module's holders, as the last look read them."""
+    out = {}
+    for i, (name, ref, bound) in fills.holders.items():
+        if name.startswith(module.__name__):
+            out[name] = (fills.history[i][-1][1], bound, B.bytes_per_unit(ref()))
+    return out
 
 
 def test_finds_bounded_memoisers_and_deques_and_ignores_unbounded_ones(module):
@@ -76,23 +81,26 @@ def test_finds_bounded_memoisers_and_deques_and_ignores_unbounded_ones(module):
     assert found[f"{n}.Geo.shape"][:2] == (0, 7)
 
 
-def test_a_bounded_cache_filling_explains_a_trend_of_its_pace_and_not_a_faster_one(module):
+def test_the_entries_taken_over_the_trend_explain_its_growth_and_not_a_larger_one(module):
     module.tile = functools.lru_cache(maxsize=1000)(lambda k: bytes(64 * KiB))
     clock = Clock()
     fills = _fills(clock)
     fills.look()
-    for i in range(100):  # 100 entries of 64 KiB in 10 s: ~655 KB/s
-        module.tile(i)
-    clock.t += 10
-    why = fills.explains(slope=700_000)
-    assert why and f"{module.__name__}.tile 100/1000 entries" in why and "~62.6 MiB at its bound" in why
-    for i in range(100, 200):
-        module.tile(i)
-    clock.t += 10
-    assert fills.explains(slope=10 * 700_000) is None  # it accounts for a tenth of that growth: declared
+    start = clock.t
+    for step in range(10):  # 10 entries a second for 10 s, a look at each window close
+        for i in range(10):
+            module.tile(step * 10 + i)
+        clock.t += 1
+        fills.look()
+    # the trend's span began before the first entries: all 100 (6.3 MiB) count
+    why = fills.explains(growth=7e6, since=start - 2)
+    assert why and f"{module.__name__}.tile 100/1000 entries" in why and "~62.6 MiB at its bound" in why, why
+    assert fills.explains(growth=20e6, since=start - 2) is None  # a third of that growth: declared
+    # over the last 3 s of the fill only 30 entries (~2 MiB): they do not explain 7 MB
+    assert fills.explains(growth=7e6, since=start + 7) is None
 
 
-def test_a_full_cache_or_an_unbounded_one_explains_nothing(module):
+def test_a_cache_that_stays_full_or_an_unbounded_one_explains_nothing(module):
     module.full = functools.lru_cache(maxsize=10)(lambda k: bytes(64 * KiB))
     module.memo = functools.lru_cache(maxsize=None)(lambda k: bytes(64 * KiB))
     for i in range(20):
@@ -100,23 +108,48 @@ def test_a_full_cache_or_an_unbounded_one_explains_nothing(module):
     clock = Clock()
     fills = _fills(clock)
     fills.look()
+    start = clock.t
     for i in range(20, 120):
         module.full(i)  # evicting: its fill stays at its bound
         module.memo(i)
-    clock.t += 5
-    assert fills.explains(slope=1_000_000) is None
+        clock.t += 0.1
+        fills.look()
+    assert fills.explains(growth=6e6, since=start) is None
 
 
-def test_the_first_look_explains_nothing_and_a_look_keeps_no_holder_alive(module):
-    module.tile = functools.lru_cache(maxsize=100)(lambda k: bytes(KiB))
-    fills = _fills()
-    assert fills.explains(slope=1.0) is None  # nothing to compare with yet
-    ref = __import__("weakref").ref(module.tile)
+def test_a_holder_found_late_counts_from_when_it_was_found_and_nothing_is_kept_alive(module):
+    clock = Clock()
+    fills = _fills(clock)
+    fills.look()
+    start = clock.t
+    module.tile = functools.lru_cache(maxsize=100)(lambda k: bytes(64 * KiB))
+    for i in range(50):
+        module.tile(i)  # filled before any search saw the cache
+    clock.t += fills.search_wait()
+    fills.look()  # found now, 50 entries already in
+    for i in range(50, 60):
+        module.tile(i)
+    clock.t += 1
+    assert fills.explains(growth=4e6, since=start) is None  # 10 entries (640 KiB) since it was found
+    assert fills.explains(growth=1e6, since=start)
+    ref = weakref.ref(module.tile)
     del module.tile
     gc.collect()
-    assert ref() is None
+    assert ref() is None  # a holder is referenced weakly
     fills.look()
     assert _mine(fills, module) == {}
+
+
+def test_a_search_costs_little_and_is_repeated_only_when_due(module):
+    clock = Clock()
+    fills = _fills(clock)
+    fills.look()
+    fills.look()
+    assert fills.searches == 1
+    clock.t += fills.search_wait()
+    fills.look()
+    assert fills.searches == 2
+    assert fills.cost < 0.5  # over this test process's modules (a few ms to tens of ms)
 
 
 def test_no_application_code_runs_while_looking(module):
@@ -160,16 +193,18 @@ def test_no_application_code_runs_while_looking(module):
 
 def test_a_cachetools_cache_is_a_bounded_holder(module):
     import cachetools  # a dev dependency: installed by scripts/setup-python.sh
+
     module.ttl = cachetools.TTLCache(maxsize=500, ttl=600)
     module.lru = cachetools.LRUCache(maxsize=64)
     clock = Clock()
     fills = _fills(clock)
     fills.look()
+    start = clock.t
     for i in range(40):
         module.ttl[i] = bytes(16 * KiB)
         module.lru[i] = i
-    clock.t += 4
-    why = fills.explains(slope=150_000)  # 40 x 16 KiB in 4 s: ~164 KB/s
-    assert why and f"{module.__name__}.ttl 40/500 entries" in why
-    found = _mine(fills, module)
-    assert found[f"{module.__name__}.lru"][:2] == (40, 64)
+        clock.t += 0.1
+        fills.look()
+    why = fills.explains(growth=700_000, since=start)  # 40 x 16 KiB
+    assert why and f"{module.__name__}.ttl 40/500 entries" in why, why
+    assert _mine(fills, module)[f"{module.__name__}.lru"][:2] == (40, 64)

@@ -3,31 +3,38 @@
 A ``functools.lru_cache(maxsize=N)``, a ``collections.deque(maxlen=N)`` or a ``cachetools`` cache grows
 exactly like a leak while it takes its first N entries (with a key space larger than N, three calls in
 four may miss and insert: the fill is linear, not slowing), then stops. Its bound is written in the object:
-growth that such a holder, still filling, explains is not a leak, however long the fill lasts.
+growth that such a holder explains is not a leak, however long the fill lasts.
 
 :class:`BoundedFills` finds them among module globals and the attributes of module-level classes (where
 memoisers live: decorated functions and methods), without running any of the application's code (types
-are compared, never ``isinstance``-checked against user classes; attribute dicts are read with the base
-``__getattribute__``), and compares their fill between two looks. :meth:`BoundedFills.explains` answers,
-when a trend is about to be declared, whether holders that filled since the previous look account for at
-least half of its pace, with the bytes an entry takes estimated from the entries themselves (shallow
-sizes: an underestimate, so a doubtful case is declared, not vetoed).
+are compared by identity, never with ``==``, hashing or ``isinstance`` against user classes; namespaces
+are read with the base getters), and keeps each one's fill over time: re-read at every window close (a
+call or a length each, microseconds), searched for again every ``SEARCH_S`` or so (its cost kept under
+``SEARCH_SHARE`` of the time; classes already searched are not searched again). When a trend is about to be
+declared, :meth:`BoundedFills.explains` answers whether the entries bounded holders took over the trend's
+span account for at least ``EXPLAINS`` of its growth, with the bytes an entry takes estimated from the
+newest entries (shallow sizes: an underestimate, so a doubtful case is declared, not held back).
 
 What it cannot see: a bound enforced by code (a dict trimmed by hand, an ``OrderedDict`` LRU), caches held
-only by instances, and caches of more than ``MAX_SIZED`` entries (sizing them would copy their entries).
+only by instances, caches of more than ``MAX_SIZED`` entries (sizing them would copy their entries), and a
+holder's fill before it was first found (a cache created after the last search).
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import gc
 import sys
 import time
 import weakref
 
 MAX_SIZED = 65_536  # entries of a cache whose bytes per entry are estimated (get_referents lists them all)
 SAMPLE = 64  # newest entries sized
-EXPLAINS = 0.5  # share of the trend's pace that filling holders must account for
+EXPLAINS = 0.5  # share of a trend's growth that bounded holders' new entries must account for
+SEARCH_S = 10.0  # seconds between two searches for holders, at least
+SEARCH_SHARE = 0.002  # a search costs at most this share of the time until the next
+HISTORY = 64  # fill changes kept per holder
 
 _LRU = getattr(functools, "_lru_cache_wrapper", None)
 _DEQUE = collections.deque
@@ -56,53 +63,14 @@ def _size(o) -> int:
     return n
 
 
-def _entry_bytes(values: list) -> float:
-    if not values:
-        return 0.0
+def _mean_size(values: list) -> float:
     sample = values[-SAMPLE:]
-    return sum(_size(v) for v in sample) / len(sample)
-
-
-def _lru(f) -> tuple[int, int, float] | None:
-    info = f.cache_info()
-    if info.maxsize is None:
-        return None
-    if info.currsize == 0 or info.currsize > MAX_SIZED:
-        return info.currsize, info.maxsize, 0.0
-    import gc
-
-    # the wrapper's referents: each entry's key and result (oldest first), then a few objects of its own
-    # (the wrapped function, the cache dict, its __dict__, type objects)
-    refs = [r for r in gc.get_referents(f) if type(r) is not type][:2 * info.currsize]
-    return info.currsize, info.maxsize, 2 * _entry_bytes(refs)  # a key and a result per entry
-
-
-def _cachetools(c) -> tuple[int, int, float] | None:
-    d = _OBJ_DICT(c, "__dict__")
-    maxsize, currsize, data = d.get("_Cache__maxsize"), d.get("_Cache__currsize"), d.get("_Cache__data")
-    if id(type(maxsize)) not in _NUMBERS or id(type(currsize)) not in _NUMBERS or type(data) is not dict:
-        return None
-    n = len(data)
-    per = _entry_bytes(list(data.values())[-SAMPLE:]) if n else 0.0
-    # currsize counts the cache's own unit (1 an entry unless it was given a getsizeof): bytes per unit
-    return int(currsize), int(maxsize), per * n / currsize if currsize else 0.0
-
-
-def _holder(v, cache_base) -> tuple[int, int, float] | None:
-    """(fill, bound, bytes per unit of fill) of a bounded holder, else None."""
-    t = type(v)
-    if t is _LRU:
-        return _lru(v)
-    if t is _DEQUE:
-        return None if v.maxlen is None else (len(v), v.maxlen, _entry_bytes(list(v)[-SAMPLE:]))
-    if cache_base is not None and _subclass(t, cache_base):
-        return _cachetools(v)
-    return None
+    return sum(_size(v) for v in sample) / len(sample) if sample else 0.0
 
 
 def _subclass(t, base) -> bool:
     try:
-        return any(k is base for k in _MRO(t))  # identities only: no metaclass hook runs
+        return any(k is base for k in _MRO(t))
     except Exception:
         return False
 
@@ -115,114 +83,171 @@ def _cachetools_base():
         return None
 
 
-def _candidates(cache_base):
-    """(name, object) of what may be a bounded holder: module globals and module-level classes' attributes."""
-    kinds: dict[int, bool] = {}  # id(type) -> is a class (of any metaclass), this search
-    caches: dict[int, bool] = {}  # id(type) -> is a cachetools cache
-    for mname, mod in list(sys.modules.items()):
-        try:
-            g = _OBJ_DICT(mod, "__dict__")
-        except Exception:
-            continue
-        if type(g) is not dict:
-            continue
-        for k, v in list(g.items()):
-            t = type(v)
-            if t is _LRU or t is _DEQUE:
-                yield f"{mname}.{k}", v
-                continue
-            i = id(t)
-            is_class = kinds.get(i)
-            if is_class is None:
-                is_class = kinds[i] = _subclass(t, type)
-            if is_class:
-                try:
-                    ns = _TYPE_DICT(v)
-                except Exception:
-                    continue
-                for a, m in list(ns.items()):
-                    tm = type(m)
-                    if tm is staticmethod or tm is classmethod:
-                        m = m.__func__
-                    if type(m) is _LRU:
-                        yield f"{mname}.{k}.{a}", m
-            elif cache_base is not None:
-                is_cache = caches.get(i)
-                if is_cache is None:
-                    is_cache = caches[i] = _subclass(t, cache_base)
-                if is_cache:
-                    yield f"{mname}.{k}", v
+def fill(v) -> tuple[int, int] | None:
+    """(fill, bound) of a bounded holder; None when it has no bound. Cheap: no entry is looked at."""
+    t = type(v)
+    if t is _LRU:
+        info = v.cache_info()
+        return None if info.maxsize is None else (info.currsize, info.maxsize)
+    if t is _DEQUE:
+        return None if v.maxlen is None else (len(v), v.maxlen)
+    d = _OBJ_DICT(v, "__dict__")
+    maxsize, currsize = d.get("_Cache__maxsize"), d.get("_Cache__currsize")  # a cachetools cache
+    if id(type(maxsize)) not in _NUMBERS or id(type(currsize)) not in _NUMBERS:
+        return None
+    return int(currsize), int(maxsize)
+
+
+def bytes_per_unit(v) -> float:
+    """Estimated bytes one unit of ``fill(v)`` holds (0 when it cannot be told)."""
+    t = type(v)
+    if t is _LRU:
+        n = v.cache_info().currsize
+        if not 0 < n <= MAX_SIZED:
+            return 0.0
+        # the wrapper's referents: each entry's key and result (oldest first), then a few objects of its
+        # own (the wrapped function, the cache dict, its __dict__, type objects)
+        refs = [r for r in gc.get_referents(v) if type(r) is not type][:2 * n]
+        return 2 * _mean_size(refs)  # a key and a result per entry
+    if t is _DEQUE:
+        return _mean_size(list(v)[-SAMPLE:])
+    d = _OBJ_DICT(v, "__dict__")
+    data, currsize = d.get("_Cache__data"), d.get("_Cache__currsize")
+    if type(data) is not dict or not data or not currsize:
+        return 0.0
+    # cachetools counts in its own unit (1 an entry unless it was given a getsizeof): bytes per unit
+    return _mean_size(list(data.values())[-SAMPLE:]) * len(data) / currsize
 
 
 class BoundedFills:
-    """The bounded holders at the last look and what they held then.
-
-    A look re-reads the holders found before (weakly referenced: a look keeps nothing alive); the modules
-    are searched again when their number changed or ``REDISCOVER_S`` passed (a search over a worker's
-    ~1,000 modules takes tens of milliseconds; a re-read, microseconds)."""
-
-    REDISCOVER_S = 60.0
+    """Bounded holders found so far, each with its recent fill changes."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
-        self.last: dict[int, tuple[str, int, int, float]] = {}  # id -> (name, fill, bound, bytes per unit)
-        self.last_t: float | None = None
-        self.cost = 0.0  # seconds the last module search took
-        self.looks = 0
-        self._known: list[tuple[str, object]] = []  # (name, weak reference)
-        self._searched: tuple[float, int] | None = None  # when, and over how many modules
+        self.holders: dict[int, tuple[str, weakref.ref, int]] = {}  # id -> (name, reference, bound)
+        self.history: dict[int, collections.deque] = {}  # id -> (t, fill) at each change
+        self.cost = 0.0  # seconds the last search took
+        self.searches = 0
+        self._searched: tuple[float, int] | None = None  # when, over how many modules
+        self._classes: dict[int, tuple[weakref.ref, tuple]] = {}  # id(class) -> (ref, its bounded memoisers)
 
-    def _search(self, now: float) -> None:
-        t0 = time.perf_counter()
-        base = _cachetools_base()
-        known = []
-        for name, v in _candidates(base):
-            try:
-                known.append((name, weakref.ref(v)))
-            except TypeError:
-                continue
-        self._known, self._searched = known, (now, len(sys.modules))
-        self.cost = time.perf_counter() - t0
+    # ------------------------------------------------------------------ finding
+    def _class_memoisers(self, cls) -> tuple:
+        known = self._classes.get(id(cls))
+        if known is not None and known[0]() is cls:
+            return known[1]
+        found = []
+        for a, m in list(_TYPE_DICT(cls).items()):
+            tm = type(m)
+            if tm is staticmethod or tm is classmethod:
+                m = m.__func__
+            if type(m) is _LRU:
+                found.append((a, m))
+        try:
+            self._classes[id(cls)] = (weakref.ref(cls), tuple(found))
+        except TypeError:
+            pass
+        return tuple(found)
 
-    def look(self) -> dict[int, tuple[str, int, int, float]] | None:
-        """Read the bounded holders now; the previous look's readings (None before the first look)."""
-        now = self.clock()
-        if self._searched is None or now - self._searched[0] > self.REDISCOVER_S or len(sys.modules) != self._searched[1]:
-            self._search(now)
-        base = _cachetools_base()
-        seen: dict[int, tuple[str, int, int, float]] = {}
-        for name, ref in self._known:
-            v = ref()
-            if v is None:
-                continue
+    def _candidates(self, cache_base):
+        is_class: dict[int, bool] = {}  # id(type) -> whether its instances are classes, this search
+        is_cache: dict[int, bool] = {}
+        for mname, mod in list(sys.modules.items()):
             try:
-                h = _holder(v, base)
+                g = _OBJ_DICT(mod, "__dict__")
             except Exception:
                 continue
-            if h is not None:
-                seen[id(v)] = (name, *h)
-        before = self.last if self.last_t is not None else None
-        self.last, self.last_t = seen, now
-        self.looks += 1
-        return before
-
-    def explains(self, slope: float) -> str | None:
-        """Whether holders that filled since the previous look account for at least ``EXPLAINS`` of a trend
-        growing at ``slope`` bytes/s: the reason to hold the verdict, or None. Also a look."""
-        t_prev = self.last_t
-        before = self.look()
-        if before is None or t_prev is None or slope <= 0:
-            return None
-        dt = max(1e-3, self.last_t - t_prev)
-        filling, rate = [], 0.0
-        for i, (name, fill, bound, per) in self.last.items():
-            b = before.get(i)
-            if b is None or fill <= b[1] or per <= 0:
+            if type(g) is not dict:
                 continue
-            rate += (fill - b[1]) * per / dt
-            filling.append((name, fill, bound, per))
-        if not filling or rate < EXPLAINS * slope:
+            for k, v in list(g.items()):
+                t = type(v)
+                if t is _LRU or t is _DEQUE:
+                    yield f"{mname}.{k}", v
+                    continue
+                i = id(t)
+                c = is_class.get(i)
+                if c is None:
+                    c = is_class[i] = _subclass(t, type)
+                if c:
+                    try:
+                        for a, m in self._class_memoisers(v):
+                            yield f"{mname}.{k}.{a}", m
+                    except Exception:
+                        continue
+                elif cache_base is not None:
+                    c = is_cache.get(i)
+                    if c is None:
+                        c = is_cache[i] = _subclass(t, cache_base)
+                    if c:
+                        yield f"{mname}.{k}", v
+
+    def search(self, now: float) -> None:
+        t0 = time.perf_counter()
+        for name, v in self._candidates(_cachetools_base()):
+            if id(v) in self.holders:
+                continue
+            try:
+                f = fill(v)
+                if f is not None:
+                    self.holders[id(v)] = (name, weakref.ref(v), f[1])
+                    self.history[id(v)] = collections.deque([(now, f[0])], maxlen=HISTORY)
+            except Exception:
+                continue
+        self._classes = {i: c for i, c in self._classes.items() if c[0]() is not None}
+        self._searched = (now, len(sys.modules))
+        self.cost = time.perf_counter() - t0
+        self.searches += 1
+
+    def search_wait(self) -> float:
+        """Seconds from one search to the next."""
+        return max(SEARCH_S, self.cost / SEARCH_SHARE)
+
+    def _search_due(self, now: float) -> bool:
+        return self._searched is None or now - self._searched[0] >= self.search_wait()
+
+    # ------------------------------------------------------------------ reading
+    def look(self) -> None:
+        """Re-read every known holder's fill (searching for new ones when due). Never raises."""
+        now = self.clock()
+        try:
+            if self._search_due(now):
+                self.search(now)
+        except Exception:
+            self._searched = (now, len(sys.modules))
+        for i, (name, ref, bound) in list(self.holders.items()):
+            v = ref()
+            try:
+                f = None if v is None else fill(v)
+            except Exception:
+                f = None
+            if f is None:
+                del self.holders[i], self.history[i]
+                continue
+            h = self.history[i]
+            if f[0] != h[-1][1]:
+                h.append((now, f[0]))
+
+    def explains(self, growth: float, since: float) -> str | None:
+        """Whether the entries bounded holders took since ``since`` (a monotonic time: the trend's start)
+        account for at least ``EXPLAINS`` of ``growth`` bytes: the reason to hold the verdict, or None.
+        A holder found after ``since`` counts from when it was found."""
+        self.look()
+        if growth <= 0:
             return None
-        name, fill, bound, per = max(filling, key=lambda h: h[3] * h[2])  # the largest at its bound
-        return (f"a bounded holder still filling explains the growth: {name} {fill}/{bound} entries, "
-                f"~{per * bound / 2**20:.1f} MiB at its bound")
+        added, best = 0.0, None
+        for i, (name, ref, bound) in self.holders.items():
+            h = self.history[i]
+            before = next((f for t, f in reversed(h) if t <= since), h[0][1])
+            grew = h[-1][1] - before
+            v = ref()
+            if grew <= 0 or v is None:
+                continue
+            per = bytes_per_unit(v)
+            added += grew * per
+            if best is None or per * bound > best[3] * best[2]:
+                best = (name, h[-1][1], bound, per)
+        if best is None or added < EXPLAINS * growth:
+            return None
+        name, n, bound, per = best
+        return (f"bounded holders took {added / 2**20:.1f} MiB of the trend's {growth / 2**20:.1f} MiB: "
+                f"{name} {n}/{bound} entries, ~{per * bound / 2**20:.1f} MiB at its bound")

@@ -239,11 +239,12 @@ class Detector:
         if t1.add(s, mi[0] if mi is not None else None):
             if mi is not None:
                 self._alloc.record(s.t, mi)
+            if not t1.declared:
+                self._bounded.look()  # bounded holders' fill at every window close, for tier 1's hold
             if t1.trend.candidate and not was and not t1.declared:
                 self._event("suspicion", trend=t1.trend.as_dict())
                 self._young_collect()
                 self._start_burst()
-                self._bounded.look()  # the fill of bounded holders, to compare with at the decision
         if t1.declared and not was:
             self._declare(s)
         if self.verdict != "leak":
@@ -253,10 +254,10 @@ class Detector:
         if t1.declared and self.tier2_enabled and self.tier2_thread is None:
             self._maybe_tier2(s)
 
-    def _hold(self, trend) -> str | None:
-        """Tier 1's last question before it declares: do bounded holders still filling explain the growth?"""
+    def _hold(self, trend, since: float) -> str | None:
+        """Tier 1's last question before it declares: do bounded holders' new entries explain the growth?"""
         try:
-            why = self._bounded.explains(trend.slope)
+            why = self._bounded.explains(trend.growth, since)
         except Exception as exc:  # a look that fails never holds a verdict back
             self._event("error", detail=f"bounded holders: {type(exc).__name__}: {exc}")
             return None

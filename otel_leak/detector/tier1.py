@@ -141,8 +141,8 @@ class Tier1:
         slow_span_s: float = 12.0,
         hold=None,
     ) -> None:
-        # ``hold(trend)``: asked when a trend is about to be declared; a reason not to (the growth is
-        # explained by something that stops by itself, see ``bounded``), or None
+        # ``hold(trend, since)``: asked when a trend (its span starting at ``since``) is about to be declared;
+        # a reason not to (the growth is explained by something that stops by itself, see ``bounded``), or None
         self.hold = hold
         self.held: str | None = None  # the last reason ``hold`` gave
         self.min_span_tasks = min_span_tasks
@@ -340,7 +340,8 @@ class Tier1:
         # (the same signal both times).
         coarse_ok = any(tr.candidate and tr.scale > 1 and self.coarse_streaks.get(tr.signal, 0) >= 2 for tr in cands)
         if not self.declared and (self.candidate_streak >= 2 or coarse_ok):
-            why = self.hold(self.trend) if self.hold is not None else None
+            n = min(len(self.windows), max(1, self.trend.windows) * max(1, self.trend.scale))
+            why = self.hold(self.trend, self.windows[-n].t0) if self.hold is not None else None
             self.held = why
             if why:
                 self.trend.candidate = False
