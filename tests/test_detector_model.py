@@ -110,7 +110,8 @@ def test_the_detector_forces_a_full_collection_when_none_ran_since_the_growth_be
     assert "full_gc" in events and det._full.forced == 1, events
     # Budgeted by its own interval and pause share, not by the sampler's: charged to the tick budget, the
     # pause would stall the next samples, which confirm or veto the suspicion, for seconds.
-    assert exempted == [det._full.pause_s]
+    # (the other exemptions are the bounded-holder searches, budgeted by ``bounded``)
+    assert exempted.count(det._full.pause_s) == 1 and len(exempted) == 1 + det._bounded.searches, exempted
 
 
 def test_a_cache_whose_slowing_shows_only_over_the_history_is_not_declared():

@@ -240,7 +240,7 @@ class Detector:
             if mi is not None:
                 self._alloc.record(s.t, mi)
             if not t1.declared:
-                self._bounded.look()  # bounded holders' fill at every window close, for tier 1's hold
+                self._bounded_call(self._bounded.look)  # bounded holders' fill at each window close
             if t1.trend.candidate and not was and not t1.declared:
                 self._event("suspicion", trend=t1.trend.as_dict())
                 self._young_collect()
@@ -254,10 +254,22 @@ class Detector:
         if t1.declared and self.tier2_enabled and self.tier2_thread is None:
             self._maybe_tier2(s)
 
+    def _bounded_call(self, fn, *args):
+        """``fn(*args)`` of the bounded holders. A search for new holders it makes is budgeted by ``bounded``
+        itself (a share of the time) and exempted from the sampler's tick budget, which would otherwise hold
+        the next samples back for a hundred times its cost."""
+        searches = self._bounded.searches
+        try:
+            return fn(*args)
+        finally:
+            exempt = getattr(self.sampler, "exempt", None)
+            if exempt is not None and self._bounded.searches != searches:
+                exempt(self._bounded.cost)
+
     def _hold(self, trend, since: float) -> str | None:
         """Tier 1's last question before it declares: do bounded holders' new entries explain the growth?"""
         try:
-            why = self._bounded.explains(trend.growth, since)
+            why = self._bounded_call(self._bounded.explains, trend.growth, since)
         except Exception as exc:  # a look that fails never holds a verdict back
             self._event("error", detail=f"bounded holders: {type(exc).__name__}: {exc}")
             return None
