@@ -25,7 +25,7 @@ from otel_leak.report import REPORT_SCHEMA, merge, merge_dir, validate_report
 from otel_leak.report.merging import Loaded, RunInfo, write_json
 from otel_leak.report.diagnosis import HEAD, Process, _flags, interpreters, looks_like_python, shebang
 from otel_leak.report.console import summary_text
-from otel_leak.report.runner import build_env, exporter_env
+from otel_leak.supervisor.environment import build_env, exporter_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

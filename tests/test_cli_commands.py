@@ -52,7 +52,8 @@ def test_an_unexpected_exception_is_an_internal_error_line(monkeypatch, capsys):
 
 
 def test_short_lived_children_of_a_reporting_process_are_not_unreported():
-    from otel_leak.report.runner import Seen, Tree, _add_unreported
+    from otel_leak.supervisor.processes import Seen, Tree
+    from otel_leak.supervisor.run import _add_unreported
 
     tree = Tree.__new__(Tree)
     tree.root_pid = 10

@@ -191,7 +191,7 @@ def test_sdist_and_wheel_hold_the_package_its_entry_points_and_command(fresh):
 @pytest.mark.parametrize("mode, leaky", [("manual", "ingest"), ("api", "refresh_cache")])
 def test_plain_worker_with_the_package_alone(fresh, tmp_path, mode, leaky):
     """(a) task spans from ``otel_leak.task_span``; (b) only the OpenTelemetry API's CONSUMER spans."""
-    assert fresh.installed == [BASE], fresh.installed  # the issue's case: otel-leak and nothing else
+    assert fresh.installed == [BASE], fresh.installed  # a plain install: otel-leak and nothing else
     cwd = fresh.workdir(tmp_path)
     procs = cwd / "procs"
     p, r = _otel_leak_run(fresh, cwd, ["--", "python", "plain.py", mode, str(LEAK_CAP_S), str(procs)],

@@ -8,7 +8,7 @@ What depends on a :class:`~dashboards.mixin.Mixin` (its selector, process labels
 
 grafanalib 0.7.1 lacks three things the dashboards need, added here:
 
-* :class:`PromTarget`: a ``Target`` with the ``exemplar`` switch (grafanalib issue #683) and the data source
+* :class:`PromTarget`: a ``Target`` with the ``exemplar`` switch grafanalib 0.7.1 lacks, and the data source
   template on every query;
 * :class:`Variable`: a ``Template`` whose "All" default renders the way Grafana stores it;
 * :func:`heatmap`: the Grafana 9+ heatmap model (``calculate: false`` on Prometheus buckets, exemplars shown),
@@ -133,7 +133,7 @@ def proc_legend(prefix: str = "", *more: str) -> str:
 
 @attr.s
 class PromTarget(g.Target):
-    """A Prometheus query with the exemplar switch grafanalib 0.7.1 lacks (grafanalib issue #683)."""
+    """A Prometheus query with the exemplar switch grafanalib 0.7.1's Target lacks."""
 
     exemplar = attr.ib(default=False, validator=attr.validators.instance_of(bool))
 

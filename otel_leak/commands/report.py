@@ -59,7 +59,7 @@ def execute(args: argparse.Namespace) -> int:
 
 def _html(console, report: dict, path: str) -> tuple[str | None, int]:
     from otel_leak.report.console import error
-    from otel_leak.report.runner import charts_note
+    from otel_leak.report.html import charts_note
 
     note = charts_note()
     if note:

@@ -2,7 +2,7 @@
 [ARGS...]``: run COMMAND under auto-instrumentation with the detector on, merge the per-process reports and
 print the verdict.
 
-The work lives in :mod:`otel_leak.report.runner`; this module declares the arguments and turns the guard's
+The work lives in :mod:`otel_leak.supervisor.run`; this module declares the arguments and turns the guard's
 flags into COMMAND's environment.
 """
 
@@ -90,7 +90,7 @@ def guard_env(mode: str | None, budget: str | None) -> dict[str, str]:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from otel_leak.report.runner import Options, run
+    from otel_leak.supervisor.run import Options, run
 
     env = guard_env(args.guard, args.guard_budget)
     command = list(args.command)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any
+
+from otel_leak._files import atomic_write_text
 
 SCHEMA = "otel-leak/process/v1"
 VERDICTS = ("leak", "no_leak", "inconclusive")
@@ -22,22 +22,9 @@ SERIES_COLUMNS = ("t_s", "rss", "floor", "heap_blocks")
 
 
 def write_atomic(path: str, doc: dict) -> None:
-    """Write JSON to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    """Write ``doc`` as JSON to ``path`` atomically (:func:`otel_leak._files.atomic_write_text`)."""
     # json.dumps runs the C encoder in one go; json.dump streams through the Python one (~5x slower).
-    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":"), allow_nan=False))
 
 
 def _num(v: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import importlib.util
 import io
 import os
 import re
@@ -24,6 +25,16 @@ VERDICT_STYLE = {
     "inconclusive": ("INCONCLUSIVE", "#92400e", "#fffbeb"),
 }
 MAX_CHART_PROCESSES = 8
+
+
+def charts_note() -> str | None:
+    """What to install when the HTML page cannot have charts (None when it can)."""
+    try:
+        if importlib.util.find_spec("matplotlib") is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return 'the HTML page has no charts: they need matplotlib, the html extra (pip install "otel-leak[html]")'
 
 
 def e(value: Any) -> str:

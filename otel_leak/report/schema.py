@@ -1,7 +1,9 @@
-"""Report schemas: the merged ``otel-leak/report/v1`` and the per-process ``otel-leak/process/v1``.
+"""Report schemas: the merged ``otel-leak/report/v1``, validated here, and the per-process
+``otel-leak/process/v1``, defined and validated next to its writer (:mod:`otel_leak.detector.report`) and
+re-exported.
 
-``otel-leak/report/v1`` is a stable interface other tools read. Its required fields are exactly the ones listed
-in the design issue; the merge adds a few documented extras (``command``, ``exit_code``, ``signal``,
+``otel-leak/report/v1`` is a stable interface other tools read: its required fields are the ones
+:func:`validate_report` checks; the merge adds a few documented extras (``command``, ``exit_code``, ``signal``,
 ``incomplete``, ``errors``, ``started_unix``) and per-process details (``series``, ``events`` ...) that the HTML
 page draws from. Validators return a list of human-readable problems (empty when valid); they never raise.
 """
@@ -12,12 +14,12 @@ import math
 import re
 from typing import Any
 
+from otel_leak.detector.report import KINDS as MEMORY_KINDS
+from otel_leak.detector.report import SCHEMA as PROCESS_SCHEMA
+from otel_leak.detector.report import VERDICTS
+from otel_leak.detector.report import validate_process_report
+
 REPORT_SCHEMA = "otel-leak/report/v1"
-PROCESS_SCHEMA = "otel-leak/process/v1"
-
-VERDICTS = ("leak", "no_leak", "inconclusive")
-MEMORY_KINDS = ("python_heap", "native_or_fragmentation", "mixed", None)
-
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
@@ -155,46 +157,3 @@ def validate_report(doc: Any) -> list[str]:
         for j, s in enumerate(c.list_(p, "suspects", w)):
             c.suspect(s, f"{w}.suspects[{j}]")
     return c.problems
-
-
-def _builtin_validate_process(doc: Any) -> list[str]:
-    c = _Checker()
-    if not isinstance(doc, dict):
-        return ["process report: expected a JSON object"]
-    if doc.get("schema") != PROCESS_SCHEMA:
-        c.fail("process.schema", f"expected {PROCESS_SCHEMA!r}, got {doc.get('schema')!r}")
-    c.verdict_fields(doc, "process")
-    c.num(doc, "pid", "process", integer=True, lo=1)
-    c.num(doc, "ppid", "process", integer=True, nullable=True, lo=0)
-    c.num(doc, "start_unix", "process", lo=0)
-    c.num(doc, "updated_unix", "process", lo=0)
-    series = doc.get("series")
-    if series is not None and not isinstance(series, dict):
-        c.fail("process.series", "expected an object of columns")
-    return c.problems
-
-
-def validate_process_report(doc: Any) -> list[str]:
-    """Problems with one ``otel-leak/process/v1`` document (empty list: valid).
-
-    Uses the detector's own validator (``otel_leak.detector.report.validate_process_report``) when it is
-    importable, whatever its convention (returns problems, returns a bool, or raises), and the built-in
-    check of the contract otherwise.
-    """
-    try:
-        from otel_leak.detector.report import validate_process_report as detector_validate
-    except Exception:
-        return _builtin_validate_process(doc)
-    try:
-        result = detector_validate(doc)
-    except Exception as exc:  # the detector's validator signals problems by raising
-        return [f"process: {exc}"]
-    if result is None or result is True:
-        return []
-    if result is False:
-        return ["process: rejected by the detector's validator"]
-    if isinstance(result, (list, tuple)):
-        return [str(r) for r in result]
-    if isinstance(result, str):
-        return [result] if result else []
-    return []

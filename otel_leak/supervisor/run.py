@@ -21,253 +21,24 @@ when there are none, :mod:`otel_leak.report.diagnosis` says why.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
-from otel_leak import config
 from otel_leak.report.console import BottomStatus, error, print_summary, status_line, stderr_console
 from otel_leak.report.diagnosis import Process, diagnose
+from otel_leak.report.html import charts_note
 from otel_leak.report.merging import Loaded, RunInfo, failed_report, merge, read_process_dir, write_json
+from otel_leak.supervisor.environment import build_env, resolve, sitecustomize_dir
+from otel_leak.supervisor.processes import Forwarder, Tree
 
 POLL_S = 0.25
 STATUS_EVERY_S = 1.0
 ORPHAN_GRACE_S = 3.0
-SIGNALS = ("TRACES", "METRICS", "LOGS")
-
-
-# ------------------------------------------------------------------------------------------------------
-# Environment
-
-
-def sitecustomize_dir() -> str | None:
-    """Directory of opentelemetry-instrument's ``sitecustomize`` (what it prepends to PYTHONPATH)."""
-    try:
-        spec = importlib.util.find_spec("opentelemetry.instrumentation.auto_instrumentation")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
-
-
-def exporter_env(environ: dict[str, str]) -> dict[str, str]:
-    """``OTEL_<SIGNAL>_EXPORTER=none`` for every signal the user configured nowhere."""
-    generic = any(environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT",))
-    out = {}
-    for sig in SIGNALS:
-        if environ.get(f"OTEL_{sig}_EXPORTER"):
-            continue
-        if generic or environ.get(f"OTEL_EXPORTER_OTLP_{sig}_ENDPOINT"):
-            continue
-        out[f"OTEL_{sig}_EXPORTER"] = "none"
-    return out
-
-
-def build_env(environ: dict[str, str], report_dir: str, cwd: str | None = None) -> dict[str, str]:
-    env = dict(environ)
-    env["OTEL_PYTHON_LEAK_DETECTOR"] = "true"
-    env["OTEL_PYTHON_LEAK_REPORT_DIR"] = report_dir
-    if not env.get(config.SETUP_SDK.env, "").strip():
-        env[config.SETUP_SDK.env] = "true"
-    env.update(exporter_env(environ))
-    # Same PYTHONPATH manipulation as opentelemetry-instrument's run().
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    cwd = cwd or os.getcwd()
-    if cwd not in parts:
-        parts.insert(0, cwd)
-    site = sitecustomize_dir()
-    if site:
-        parts = [site] + [p for p in parts if p != site]
-    env["PYTHONPATH"] = os.pathsep.join(parts)
-    bindir = os.path.dirname(sys.executable)
-    path = env.get("PATH", os.defpath).split(os.pathsep)
-    if bindir and bindir not in path:
-        env["PATH"] = os.pathsep.join([bindir] + path)
-    return env
-
-
-def resolve(command: str, env: dict[str, str]) -> tuple[str | None, str | None]:
-    """(path, problem): the executable for ``command`` under the child's PATH, or why there is none."""
-    if os.sep in command:
-        if not os.path.exists(command):
-            return None, "not_found"
-        if os.path.isdir(command) or not os.access(command, os.X_OK):
-            return None, "not_executable"
-        return command, None
-    found = shutil.which(command, path=env.get("PATH", os.defpath))
-    if found is None:
-        return None, "not_found"
-    return found, None
-
-
-# ------------------------------------------------------------------------------------------------------
-# Watching the process tree (what the parent sees, independent of the detector's files)
-
-
-@dataclass
-class Seen:
-    pid: int
-    first_seen_unix: float
-    last_seen_unix: float
-    rss_max_bytes: int = 0
-    python: bool = False
-    cmdline: list[str] = field(default_factory=list)
-    exe: str | None = None
-    ppid: int | None = None
-    alive: bool = True
-    t: list[float] = field(default_factory=list)
-    rss: list[int] = field(default_factory=list)
-
-
-class Tree:
-    """Polls the command's process tree with psutil: live RSS, and a record of every process seen."""
-
-    MAX_POINTS = 400
-
-    def __init__(self, root_pid: int, start: float) -> None:
-        self.root_pid = root_pid
-        self.start = start
-        self.seen: dict[int, Seen] = {}
-        self._procs: dict[int, object] = {}
-        self._py = _real(sys.executable)
-        try:
-            import psutil
-
-            self._psutil = psutil
-            self._root = psutil.Process(root_pid)
-        except Exception:
-            self._psutil = None
-            self._root = None
-
-    def poll(self) -> float | None:
-        """Sum of RSS over the live tree (None if unknown)."""
-        ps = self._psutil
-        if ps is None:
-            return None
-        now = time.time()
-        members = []
-        try:
-            members = [self._root] + self._root.children(recursive=True)
-        except Exception:
-            members = []
-        # orphans: processes seen before whose parent died are no longer children of root
-        known = {p.pid for p in members}
-        for pid, proc in list(self._procs.items()):
-            if pid not in known and self.seen[pid].alive:
-                members.append(proc)
-        total = 0
-        alive_now = set()
-        for proc in members:
-            try:
-                if not proc.is_running() or proc.status() == ps.STATUS_ZOMBIE:
-                    continue
-                rss = proc.memory_info().rss
-            except Exception:
-                continue
-            pid = proc.pid
-            alive_now.add(pid)
-            total += rss
-            s = self.seen.get(pid)
-            if s is None:
-                s = Seen(pid, now, now)
-                try:
-                    s.cmdline = proc.cmdline()[:20]
-                    s.ppid = proc.ppid()
-                    s.exe = _real(proc.exe())
-                    s.python = s.exe == self._py
-                except Exception:
-                    pass
-                self.seen[pid] = s
-                self._procs[pid] = proc
-            s.last_seen_unix = now
-            s.rss_max_bytes = max(s.rss_max_bytes, rss)
-            s.t.append(round(now - s.first_seen_unix, 3))
-            s.rss.append(rss)
-            if len(s.t) > self.MAX_POINTS:  # keep it bounded: drop every other point
-                s.t, s.rss = s.t[::2], s.rss[::2]
-        for pid, s in self.seen.items():
-            s.alive = pid in alive_now
-        return float(total)
-
-    def alive_descendants(self) -> list[int]:
-        return [pid for pid, s in self.seen.items() if s.alive and pid != self.root_pid]
-
-    def observed(self) -> dict[int, dict]:
-        return {
-            pid: {
-                "first_seen_unix": s.first_seen_unix,
-                "last_seen_unix": s.last_seen_unix,
-                "rss_max_bytes": s.rss_max_bytes,
-                "alive": s.alive,
-            }
-            for pid, s in self.seen.items()
-        }
-
-
-def _real(path: str) -> str:
-    try:
-        return os.path.realpath(path)
-    except OSError:
-        return path
-
-
-# ------------------------------------------------------------------------------------------------------
-# Signals
-
-
-class Forwarder:
-    """Forward termination signals to the command; Ctrl-C from a terminal already reaches it."""
-
-    FORWARD = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGINT")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.old: dict[int, object] = {}
-        self.received: list[int] = []
-
-    def __enter__(self) -> "Forwarder":
-        for name in self.FORWARD:
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            try:
-                self.old[sig] = signal.signal(sig, self._handle)
-            except (ValueError, OSError):  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self.old.items():
-            try:
-                signal.signal(sig, old)
-            except (ValueError, OSError, TypeError):
-                pass
-
-    def _handle(self, signum, _frame) -> None:
-        self.received.append(signum)
-        if signum == signal.SIGINT and _terminal_sent_it():
-            return  # the terminal sent SIGINT to the whole foreground group: the command has it already
-        try:
-            os.kill(self.pid, signum)
-        except OSError:
-            pass
-
-
-def _terminal_sent_it() -> bool:
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-                return True
-        except OSError:
-            continue
-    return False
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -408,16 +179,6 @@ def run(opts: Options) -> int:
     finally:
         if not keep_dir:
             shutil.rmtree(report_dir, ignore_errors=True)
-
-
-def charts_note() -> str | None:
-    """What to install when the HTML page cannot have charts (None when it can)."""
-    try:
-        if importlib.util.find_spec("matplotlib") is not None:
-            return None
-    except (ImportError, ValueError):
-        pass
-    return 'the HTML page has no charts: they need matplotlib, the html extra (pip install "otel-leak[html]")'
 
 
 def _supervise(child: subprocess.Popen, start: float, report_dir: str, console, quiet: bool):
