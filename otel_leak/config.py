@@ -205,7 +205,8 @@ GUARD = setting(
     "off",
     "Memory-budget guard: off; dry-run (record, on the task span, a counter, a log record and the report, what "
     "it would recycle, and recycle nothing); on (recycle the process between tasks: a Celery prefork child "
-    "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm).",
+    "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm, a "
+    "gunicorn worker stops gracefully after its request and the arbiter replaces it).",
     choices=("off", "dry-run", "on"),
 )
 GUARD_BUDGET = setting(

@@ -1,7 +1,8 @@
 """The memory-budget guard: recycle a leaking worker process between tasks, safely, dry-run first.
 
 Off unless ``OTEL_PYTHON_LEAK_GUARD`` is ``dry-run`` or ``on``. A framework integration
-(:mod:`otel_leak.guard_celery`) calls :meth:`Guard.check` before and after each task; the guard reads the
+(:mod:`otel_leak.guard_celery`, :mod:`otel_leak.guard_gunicorn`) calls :meth:`Guard.check` before or after
+each task; the guard reads the
 detector's state and answers whether this process should be recycled now. The integration does the
 recycling, with the framework's own graceful mechanism, between tasks.
 
@@ -242,13 +243,15 @@ class Guard:
             from opentelemetry import trace
 
             span = trace.get_current_span()
-        if span is not None and span.is_recording():
+        if span is not None and (span.is_recording() or getattr(span, "end_time", None) is not None):
+            from otel_leak.processor import add_span_event
+
             ev = {**attrs, names.ATTR_GUARD_WHEN: when, names.ATTR_GUARD_FLOOR: d.floor}
             if d.budget is not None:
                 ev[names.ATTR_GUARD_BUDGET] = d.budget
             if d.time_to_limit is not None:
                 ev[names.ATTR_GUARD_TIME_TO_LIMIT] = float(d.time_to_limit)
-            span.add_event(names.EVENT_GUARD, ev)
+            add_span_event(span, names.EVENT_GUARD, ev)
         _log.warning("otel-leak guard (%s): %s (%s; %s task %r): floor %d B, budget %s B, time to limit %s s, "
                      "verdict %s, pid %d", self.mode, _OUTCOMES.get(outcome, outcome), d.reason,
                      "before" if when == "pre_task" else "after", task, d.floor, d.budget, entry["time_to_limit_s"],
@@ -306,6 +309,7 @@ def start(runtime, meter, environ=None) -> Guard | None:
         from wrapt import register_post_import_hook
 
         register_post_import_hook(_on_celery_import, "celery")
+        register_post_import_hook(_on_gunicorn_import, "gunicorn.workers.base")
         return guard
     except Exception as exc:
         _log.warning("otel-leak: the memory-budget guard could not start (%s: %s)", type(exc).__name__, exc)
@@ -319,3 +323,12 @@ def _on_celery_import(_module) -> None:
         guard_celery.install()
     except Exception as exc:
         _log.warning("otel-leak: the memory-budget guard cannot hook Celery (%s: %s)", type(exc).__name__, exc)
+
+
+def _on_gunicorn_import(module) -> None:
+    try:
+        from otel_leak import guard_gunicorn
+
+        guard_gunicorn.install(module)
+    except Exception as exc:
+        _log.warning("otel-leak: the memory-budget guard cannot hook gunicorn (%s: %s)", type(exc).__name__, exc)

@@ -105,15 +105,19 @@ def create_histogram(meter, metric: names.Metric, buckets):
         return meter.create_histogram(metric.name, unit=metric.unit, description=metric.description)
 
 
+def add_span_event(span, name: str, attributes: dict) -> None:
+    """An event on a task span, also while it ends (``_on_ending``, where ``add_event`` refuses it: the span's
+    event list is what is exported)."""
+    if getattr(span, "end_time", None) is not None:
+        span._events.append(Event(name, BoundedAttributes(attributes=attributes)))
+    elif span.is_recording():
+        span.add_event(name, attributes)
+
+
 def _suspect_event(span, event: dict | None) -> None:
     """The suspect event on a task span of a suspected task type (``event`` None: not suspected)."""
-    if event is None:
-        return
-    if getattr(span, "end_time", None) is not None:
-        # add_event refuses an ended span (_on_ending); its event list is what is exported
-        span._events.append(Event(names.EVENT_LEAK_SUSPECT, BoundedAttributes(attributes=event)))
-    else:
-        span.add_event(names.EVENT_LEAK_SUSPECT, event)
+    if event is not None:
+        add_span_event(span, names.EVENT_LEAK_SUSPECT, event)
 
 
 def _http_identity(span, attrs) -> str | None:
@@ -224,6 +228,8 @@ class TaskSpanProcessor(SpanProcessor):
         self.max_task_types = max_task_types
         self.stats = TaskStats()
         self.enabled = True
+        # ``after_task(span, task)``: called as each task span ends (a framework's guard hook), or None
+        self.after_task = None
         self._types: dict[str, _TaskType] = {}
         self._pid = os.getpid()
         # Task counts are kept in TaskStats on the hot path (a dict increment) and observed at collection.
@@ -386,6 +392,8 @@ class TaskSpanProcessor(SpanProcessor):
             if delta:
                 # Recording into an SDK histogram costs 5-8 us: the sampler thread does it (flush_metrics).
                 self._pending.append((tt, delta, ctx))
+            if self.after_task is not None:
+                self.after_task(span, name)
         except Exception as exc:
             self._fail(exc)
 
@@ -401,6 +409,8 @@ class TaskSpanProcessor(SpanProcessor):
             counts[name] = counts.get(name, 0) + 1
             if stats.suspects:
                 _suspect_event(span, stats.suspects.get(name))
+            if self.after_task is not None:
+                self.after_task(span, name)
         except Exception as exc:
             self._fail(exc)
 
