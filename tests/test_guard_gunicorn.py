@@ -3,8 +3,8 @@
 Everything is real: ``gunicorn -w 2 -k sync`` serving examples/web_leak's Flask app under
 ``.venv/bin/otel-leak run`` with the console exporters, driven over HTTP by examples/web_leak/load.py (a new
 connection per request, so every worker accepts some; ``GET /users/<id>`` keeps 64 KiB a request). The hard
-budget is absolute and low (a worker starts near 60 MiB here), so no verdict is needed: a worker over it
-finishes its request, sends itself SIGTERM and exits 0, and the arbiter starts another.
+budget is absolute and low, so no verdict is needed: a worker over it finishes its request, sends itself
+SIGTERM and exits 0, and the arbiter starts another.
 """
 
 from __future__ import annotations
@@ -43,14 +43,23 @@ def _recycled(run: OtelLeakRun) -> dict[int, dict]:
     return {pid: d for pid, d in run.process_files().items() if (d.get("guard") or {}).get("recycles")}
 
 
-def test_workers_over_the_hard_budget_are_replaced_after_a_request_and_every_request_is_answered(tmp_path):
+def _entries(run: OtelLeakRun, outcome: str) -> list[dict]:
+    return [e for d in run.process_files().values() for e in (d.get("guard") or {}).get("entries", [])
+            if e["outcome"] == outcome]
+
+
+def test_workers_over_the_hard_budget_are_replaced_after_a_request_until_the_hourly_limit(tmp_path):
+    """Two recycles an hour allowed: the first two workers over the budget are replaced; the next decision
+    (a worker started in their place reaching the budget in turn) is only recorded, as rate_limited, and
+    that worker serves on. Every request is answered."""
     port = free_port()
-    run = OtelLeakRun(tmp_path, _gunicorn(port, "sync", tmp_path), cwd=APP_DIR, env=_env("on"))
+    run = OtelLeakRun(tmp_path, _gunicorn(port, "sync", tmp_path), cwd=APP_DIR,
+                      env=_env("on", OTEL_PYTHON_LEAK_GUARD_MAX_RECYCLES_PER_HOUR="2"))
     try:
         load.wait_ready(load.Client(f"http://127.0.0.1:{port}"), alive=lambda: run.proc.poll() is None)
         # load.drive raises on any request not answered 200
         tally = load.drive(f"http://127.0.0.1:{port}", seconds=LOAD_LIMIT_S, rate=300, seed=3, close=True,
-                           until=lambda: len(_recycled(run)) >= 2 and len(_pids(run.log())) >= 4)
+                           until=lambda: len(_recycled(run)) >= 2 and _entries(run, "rate_limited"))
         rc = run.stop()
     finally:
         run.close()
@@ -58,7 +67,7 @@ def test_workers_over_the_hard_budget_are_replaced_after_a_request_and_every_req
     assert rc == 0, out[-3000:]
     recycled = _recycled(run)
     booted = _pids(out)
-    assert len(recycled) >= 2 and len(booted) >= 4, ({p: d.get("guard") for p, d in run.process_files().items()},
+    assert len(recycled) == 2 and len(booted) == 4, ({p: d.get("guard") for p, d in run.process_files().items()},
                                                      out[-2000:])
     assert set(recycled) < booted and tally.pids <= booted
     for pid, d in recycled.items():
@@ -68,17 +77,22 @@ def test_workers_over_the_hard_budget_are_replaced_after_a_request_and_every_req
         assert entry["floor_bytes"] >= HARD
         assert d["final"] is True  # it left through gunicorn's exit, with its last report written
         assert f"Worker exiting (pid: {pid})" in out
+    (limited, *_) = _entries(run, "rate_limited")
+    assert limited["reason"] == "hard_budget" and limited["floor_bytes"] >= HARD
+    assert "NOT recycling: the hourly recycle limit is reached" in out
     assert "WORKER TIMEOUT" not in out and "SIGKILL" not in out, out[-3000:]
-    # the merged report, the span event on the request's span, the counter
+    # the merged report, the span events on the requests' spans, the counter
     merged = json.loads(run.report_path.read_text())
-    assert sum((p.get("guard") or {}).get("recycles", 0) for p in merged["processes"]) == len(recycled)
+    assert sum((p.get("guard") or {}).get("recycles", 0) for p in merged["processes"]) == 2
     spans, points = parse_console_exports(out)
     events = [(s["name"], e["attributes"]) for s in spans for e in s.get("events", [])
               if e["name"] == "otel_leak.guard.recycle"]
-    assert len([1 for name, a in events if a["otel_leak.guard.outcome"] == "recycled"]) >= len(recycled), events
+    outcomes = [a["otel_leak.guard.outcome"] for _, a in events]
+    assert outcomes.count("recycled") == 2 and "rate_limited" in outcomes, events
     assert {name for name, _ in events} <= set(ROUTES.values())
-    counted = {p["attributes"]["process.pid"] for p in points if p["metric"] == "otel_leak.guard.recycles"}
-    assert set(recycled) <= counted
+    counted = {(p["attributes"]["process.pid"], p["attributes"]["otel_leak.guard.outcome"]) for p in points
+               if p["metric"] == "otel_leak.guard.recycles"}
+    assert {(pid, "recycled") for pid in recycled} <= counted and any(o == "rate_limited" for _, o in counted)
 
 
 def test_dry_run_replaces_no_worker_and_records_what_it_would_have_done(tmp_path):
