@@ -819,6 +819,22 @@ class LeakPair:
     started: float  # unix time, just before the two workers started
 
 
+DASHBOARD_SERVICE = "otel-leak-dashboards"  # the service of conftest.py's dashboard_workers
+DASHBOARD_VERSIONS = ("dash-a", "dash-b")
+DASHBOARD_MEMORY_LIMIT = 2 * 1024**3
+
+
+@dataclass
+class DashboardWorkers:
+    procs: list[Proc]
+    instances: dict[str, str]  # version -> service.instance.id
+    start: float  # unix time, 5 s before the workers started
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
 
 def venv_bin(name: str) -> str:
     """A console script of the venv pytest runs in (falls back to the repo's .venv)."""

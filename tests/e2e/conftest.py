@@ -18,6 +18,8 @@ Session-scoped, started on first use, stopped at the end of the session:
 ``webhook_sink``  stdlib HTTP server collecting POSTed JSON: a stand-in for the pager only.
 ``run_worker``    run a command under ``.venv/bin/opentelemetry-instrument`` exporting OTLP/gRPC to
                   ``collector``; ``start_worker`` does the same in the background.
+``dashboard_workers``  examples/demo_worker.py twice for test_dashboard_queries.py, also started at the first
+                  e2e test.
 ``leak_pair``     tests/workers/e2e_worker.py twice under ``opentelemetry-instrument``, one keeping 64 KiB
                   per ``ingest`` call (service ``e2e-leaky``, instance ``leaky-1``), one keeping nothing
                   (``e2e-healthy``, ``healthy-1``), both reporting a 400 MiB memory limit. Started at the
@@ -63,12 +65,16 @@ from _procs import (  # noqa: E402
     IN_CI,
     REPO,
     Alertmanager,
+    DASHBOARD_MEMORY_LIMIT,
+    DASHBOARD_SERVICE,
+    DASHBOARD_VERSIONS,
     HEALTHY,
     LEAK_BYTES,
     LEAKY,
     MEMORY_LIMIT,
     PAIR_SECONDS,
     Collector,
+    DashboardWorkers,
     LeakPair,
     Proc,
     Prometheus,
@@ -364,12 +370,37 @@ def leak_pair(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> It
             p.stop()
 
 
+@pytest.fixture(scope="session")
+def dashboard_workers(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator[DashboardWorkers]:
+    """Two copies of examples/demo_worker.py (service ``otel-leak-dashboards``, versions ``dash-a`` and
+    ``dash-b``) for test_dashboard_queries.py, which stops them when it is done."""
+    prometheus.wait_for_targets()  # scraping before the workers start: no early exemplar is lost
+    started = DashboardWorkers([], {}, time.time() - 5)
+    try:
+        for version in DASHBOARD_VERSIONS:
+            instance = f"{DASHBOARD_SERVICE}-{version}-{uuid.uuid4().hex[:6]}"
+            started.instances[version] = instance
+            env = _procs.otel_env(
+                collector, service_name=DASHBOARD_SERVICE, instance_id=instance, version=version,
+                extra={names.ENV_PREFIX + "MEMORY_LIMIT": str(DASHBOARD_MEMORY_LIMIT),
+                       "DEMO_TASKS": "100000000", "DEMO_TASK_SECONDS": "0.002"},
+            )
+            argv = _procs.instrumented_argv([sys.executable, str(REPO / "examples" / "demo_worker.py")])
+            log = e2e_dir / "workers" / f"dashboards-{version}.log"
+            started.procs.append(Proc(f"dashboards-{version}", argv, log, env=env, cwd=REPO).start())
+        yield started
+    finally:
+        started.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _leak_pair_from_the_first_e2e_test(request: pytest.FixtureRequest) -> None:
-    """Start ``leak_pair`` with the first e2e test. Where the harness cannot start outside CI (a missing
-    binary skips), the tests that need no harness still run."""
+def _workers_from_the_first_e2e_test(request: pytest.FixtureRequest) -> None:
+    """Start ``leak_pair`` and ``dashboard_workers`` with the first e2e test, so that the modules waiting on
+    their data find most of the wait done. Where the harness cannot start outside CI (a missing binary
+    skips), the tests that need no harness still run."""
     try:
         request.getfixturevalue("leak_pair")
+        request.getfixturevalue("dashboard_workers")
     except pytest.skip.Exception:
         if IN_CI:
             raise

@@ -2,7 +2,8 @@
 Prometheus holding real data from instrumented workers, and must return series with values.
 
 Set-up (the harness in conftest.py: the built collector, Prometheus 2.42 scraping it every second with the
-generated short-window rules loaded, Alertmanager, the trace store): two copies of ``examples/demo_worker.py``
+generated short-window rules loaded, Alertmanager, the trace store): the session's ``dashboard_workers``, started
+with the first e2e test (conftest.py): two copies of ``examples/demo_worker.py``
 (one task type leaks 16 KiB per call) run under ``opentelemetry-instrument`` as service
 ``otel-leak-dashboards``, versions ``dash-a`` and ``dash-b`` (so the Release comparison has two sides), with
 ``OTEL_PYTHON_LEAK_MEMORY_LIMIT`` set (so time-to-limit panels have a limit). They keep running while the
@@ -32,7 +33,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -41,23 +41,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _procs  # noqa: E402
-from _procs import REPO, Collector, Proc, Prometheus  # noqa: E402
+from _procs import DASHBOARD_SERVICE as SERVICE  # noqa: E402
+from _procs import DASHBOARD_VERSIONS as VERSIONS  # noqa: E402
+from _procs import DashboardWorkers, Prometheus  # noqa: E402
 
 from dashboards.grafana import queries as q  # noqa: E402
 from dashboards.mixin import ALERTS as ALERT_NAMES  # noqa: E402
 from otel_leak import names  # noqa: E402
 
-SERVICE = "otel-leak-dashboards"
-VERSIONS = ("dash-a", "dash-b")
-MEMORY_LIMIT = 2 * 1024**3
 STEP = 5  # seconds between points of range queries (Grafana's $__interval)
 SCRAPE = 1  # the harness' scrape interval
 WAIT = float(os.environ.get("OTEL_LEAK_E2E_DASHBOARD_WAIT", "300"))
 
 DASHBOARDS = q.load()
 QUERIES = q.queries(DASHBOARDS)
-WORKER = REPO / "examples" / "demo_worker.py"
 
 
 def is_alerts_query(query: q.Query) -> bool:
@@ -180,30 +177,9 @@ def _otel_leak_alert_firing(prom: Prometheus) -> bool:
 
 
 @pytest.fixture(scope="module")
-def run(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator[Run]:
-    procs: list[Proc] = []
-    instances = {}
-    prometheus.wait_for_targets()  # scraping before the workers start: no early exemplar is lost
-    start = time.time() - 5
+def run(prometheus: Prometheus, dashboard_workers: DashboardWorkers) -> Iterator[Run]:
+    procs, instances, start = dashboard_workers.procs, dashboard_workers.instances, dashboard_workers.start
     try:
-        for version in VERSIONS:
-            instance = f"{SERVICE}-{version}-{uuid.uuid4().hex[:6]}"
-            instances[version] = instance
-            env = _procs.otel_env(
-                collector,
-                service_name=SERVICE,
-                instance_id=instance,
-                version=version,
-                extra={
-                    names.ENV_PREFIX + "MEMORY_LIMIT": str(MEMORY_LIMIT),
-                    "DEMO_TASKS": "100000000",
-                    "DEMO_TASK_SECONDS": "0.002",
-                },
-            )
-            argv = _procs.instrumented_argv([sys.executable, str(WORKER)])
-            log = e2e_dir / "workers" / f"dashboards-{version}.log"
-            procs.append(Proc(f"dashboards-{version}", argv, log, env=env, cwd=REPO).start())
-
         r = Run(prometheus=prometheus, start=start, instances=instances)
         deadline = time.monotonic() + WAIT
         missing = "nothing checked yet"
@@ -227,8 +203,7 @@ def run(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> Iterator
               f"variables: {r.values}")
         yield r
     finally:
-        for p in procs:
-            p.stop()
+        dashboard_workers.stop()  # started with the first e2e test (conftest.py); not needed after this module
 
 
 def test_template_variables_offer_the_run(run: Run) -> None:
