@@ -206,7 +206,8 @@ GUARD = setting(
     "Memory-budget guard: off; dry-run (record, on the task span, a counter, a log record and the report, what "
     "it would recycle, and recycle nothing); on (recycle the process between tasks: a Celery prefork child "
     "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm, a "
-    "gunicorn worker stops gracefully after its request and the arbiter replaces it).",
+    "gunicorn worker stops gracefully after its request and the arbiter replaces it, an RQ SimpleWorker shuts "
+    "down warm after its job).",
     choices=("off", "dry-run", "on"),
 )
 GUARD_BUDGET = setting(

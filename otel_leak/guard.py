@@ -1,10 +1,9 @@
 """The memory-budget guard: recycle a leaking worker process between tasks, safely, dry-run first.
 
 Off unless ``OTEL_PYTHON_LEAK_GUARD`` is ``dry-run`` or ``on``. A framework integration
-(:mod:`otel_leak.guard_celery`, :mod:`otel_leak.guard_gunicorn`) calls :meth:`Guard.check` before or after
-each task; the guard reads the
-detector's state and answers whether this process should be recycled now. The integration does the
-recycling, with the framework's own graceful mechanism, between tasks.
+(:mod:`otel_leak.guard_celery`; :mod:`otel_leak.guard_signal` for gunicorn and RQ) calls :meth:`Guard.check`
+before or after each task; the guard reads the detector's state and answers whether this process should be
+recycled now. The integration does the recycling, with the framework's own graceful mechanism, between tasks.
 
 The rule (:func:`decide`), on the floor (the lowest of the detector's latest readings, so a collection's
 sawtooth does not count):

@@ -11,6 +11,10 @@ Its parent is the trace context in ``job.meta``, put there when a job is created
 * ``SpawnWorker``'s horse is a new, auto-instrumented interpreter: started with the detector off.
 * ``rq worker-pool``: forked long-lived workers, each its own report, final report and export before exit.
 
+The memory-budget guard (when on) recycles a process that runs jobs itself (``SimpleWorker``, a pool's
+workers) by RQ's warm shutdown, SIGTERM to itself after a job (:mod:`otel_leak.guard_signal`); a work horse
+needs none: it exits after its one job.
+
 Caveats: a horse waits (a bounded time: ``flush_providers``) for its export before it exits, the job's
 result stored by then; a horse's metric points carry its own ``process.pid``.
 """
@@ -88,6 +92,9 @@ def _perform_job(original):
     @functools.wraps(original)
     def perform_job(self, *args, **kwargs):
         if not getattr(self, "_is_horse", False):
+            # the job runs in the worker process (SimpleWorker): the guard may recycle it with RQ's warm
+            # shutdown (SIGTERM: the job in hand finishes, the worker exits 0, its supervisor restarts it)
+            _arm_guard()
             return original(self, *args, **kwargs)
         ephemeral_process()
         try:
@@ -97,6 +104,20 @@ def _perform_job(original):
                 warn_once("flush:rq", "otel-leak: the export before an RQ work horse's exit did not finish")
 
     return perform_job
+
+
+def _arm_guard() -> None:
+    if getattr(_runtime("guard"), "mode", "off") == "off":
+        return
+    try:
+        import signal
+
+        from otel_leak import guard_signal
+
+        guard_signal.arm(signal.SIGTERM, "this RQ worker")
+    except Exception as exc:
+        warn_once("guard:rq", "otel-leak: the memory-budget guard cannot arm in an RQ worker (%s: %s)",
+                  type(exc).__name__, exc)
 
 
 def _quiet_fork(original):

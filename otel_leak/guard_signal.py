@@ -1,0 +1,76 @@
+"""Recycle a worker process with a graceful signal to itself, after a task span ends: for the frameworks whose
+own termination signal already means "finish the task in hand, then exit" (gunicorn workers, RQ's in-process
+``SimpleWorker``). Used by :mod:`otel_leak.guard_gunicorn` and :mod:`otel_leak.integrations.rq`.
+
+:func:`arm` sets, in the process that serves tasks, the span processor's ``after_task`` hook: as each task
+span ends the guard is asked (:meth:`otel_leak.guard.Guard.check`, ``post_task``), and on recycle the process
+sends itself the signal once. The framework's handler does the rest. Never raises into the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+_log = logging.getLogger("otel_leak")
+
+
+class _State:
+    pid = 0  # the process the hook is armed in
+    sig = signal.SIGTERM
+    sent = False
+    lock = threading.Lock()
+
+
+_state = _State()
+
+
+def _runtime():
+    from otel_leak.instrumentor import LeakInstrumentor
+
+    return LeakInstrumentor.runtime
+
+
+def _guard():
+    g = getattr(_runtime(), "guard", None)
+    return None if g is None or g.mode == "off" or g.disabled else g
+
+
+def arm(sig: int = signal.SIGTERM, where: str = "this worker") -> bool:
+    """In the process that serves tasks, before it serves: recycle with ``sig`` when the guard says so. Once
+    per process (a forked child arms anew); whether the hook is in place."""
+    try:
+        if _state.pid == os.getpid():
+            return True
+        g = _guard()
+        processor = getattr(_runtime(), "processor", None)
+        if g is None or processor is None:
+            return False
+        _state.pid, _state.sig, _state.sent, _state.lock = os.getpid(), sig, False, threading.Lock()
+        processor.after_task = _after_task
+        return True
+    except Exception as exc:  # the worker serves on without the guard
+        _log.warning("otel-leak: the memory-budget guard cannot arm in %s (%s: %s)", where, type(exc).__name__, exc)
+        return False
+
+
+def _after_task(span, task: str) -> None:
+    """A task span ends: recycle this process if the guard says so. Never raises."""
+    if _state.sent or os.getpid() != _state.pid:
+        return
+    g = _guard()
+    if g is None:
+        return
+    try:
+        with _state.lock:  # threads: task spans end on several
+            if _state.sent:
+                return
+            reason = g.check("post_task", task=task, span=span, can_recycle=True)
+            if reason is None:
+                return
+            _state.sent = True
+        os.kill(os.getpid(), _state.sig)
+    except Exception as exc:
+        g.fail(exc)
