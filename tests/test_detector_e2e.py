@@ -1,6 +1,7 @@
-"""Two real scenario runs end to end under ``opentelemetry-instrument`` (one leak, one benign), in parallel.
+"""Real scenario workers end to end under ``opentelemetry-instrument``, all six at once (the ``runs``
+fixture: they are light, ~40-50 tasks/s each, and run for 24 s), each test asserting on its own.
 
-Sped up for the test (0.25 s samples, 18 s runs, 1 MB growth threshold); the scoring command runs the
+Sped up for the test (0.25 s samples, 24 s runs, 1 MB growth threshold); the scoring command runs the
 whole suite with the defaults.
 """
 
@@ -11,6 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -48,13 +53,68 @@ def _report(out):
         return json.load(f)
 
 
-def test_leak_and_benign_scenarios_end_to_end(tmp_path):
-    leak_dir, benign_dir = tmp_path / "leak", tmp_path / "benign"
-    procs = [_start("module_cache.py", leak_dir), _start("steady_pool4.py", benign_dir)]
-    for p in procs:
-        _, err = p.communicate(timeout=90)
-        assert p.returncode == 0, err[-2000:]
+@dataclass
+class Runs:
+    dirs: dict[str, Path]  # run -> its report directory
+    named: set[str] = field(default_factory=set)  # suspects the alternating worker's report ever showed
+    declared_seen: bool = False
 
+
+def _alternating(tmp: Path, out: Path) -> subprocess.Popen:
+    worker = tmp / "alternating.py"
+    worker.write_text(ALTERNATING)
+    env = dict(os.environ)
+    env.update(
+        OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+        OTEL_PYTHON_LEAK_REPORT_DIR=str(out), OTEL_PYTHON_LEAK_REPORT_INTERVAL="0.1",
+        OTEL_PYTHON_LEAK_SAMPLE_INTERVAL="0.25", OTEL_PYTHON_LEAK_DETECTOR_MIN_GROWTH="1000000",
+        SCENARIO_DURATION="24", OTEL_LEAK_REPO=ROOT,  # a leak must last 10 s: declared ~13 s in, tier 2 after
+    )
+    return subprocess.Popen([INSTRUMENT, sys.executable, str(worker)], env=env, cwd=str(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _poll(p: subprocess.Popen, out: Path, r: Runs) -> None:
+    """While the alternating worker runs, read its report (rewritten every 0.1 s): a suspect shown for even
+    a few tenths of a second between the declaration and tier 2's answer is seen."""
+    while p.poll() is None:
+        for f in glob.glob(os.path.join(str(out), "*.json")):
+            try:
+                with open(f) as fh:
+                    doc = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            r.declared_seen |= doc.get("verdict") == "leak"
+            r.named.update(s["task"] for s in doc.get("suspects", []))
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    tmp = tmp_path_factory.mktemp("detector-e2e")
+    r = Runs({k: tmp / k for k in ("leak", "benign", "neighbour", "alternating", "bounded", "unbounded")})
+    procs = {
+        "leak": _start("module_cache.py", r.dirs["leak"]),
+        "benign": _start("steady_pool4.py", r.dirs["benign"]),
+        "neighbour": _start("heap_neighbour.py", r.dirs["neighbour"]),
+        "bounded": _start("bounded_lru_long.py", r.dirs["bounded"]),
+        "unbounded": _start("bounded_lru_long.py", r.dirs["unbounded"], SCENARIO_LRU_MAXSIZE="none"),
+        "alternating": _alternating(tmp, r.dirs["alternating"]),
+    }
+    poller = threading.Thread(target=_poll, args=(procs["alternating"], r.dirs["alternating"], r), daemon=True)
+    poller.start()
+    failed = {}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=120)
+        if p.returncode != 0:
+            failed[name] = err[-2000:]
+    poller.join(timeout=10)
+    assert not failed, failed
+    return r
+
+
+def test_leak_and_benign_scenarios_end_to_end(runs):
+    leak_dir, benign_dir = runs.dirs["leak"], runs.dirs["benign"]
     leak = _report(leak_dir)
     assert validate_process_report(leak) == []
     assert leak["final"] is True
@@ -76,18 +136,12 @@ def test_leak_and_benign_scenarios_end_to_end(tmp_path):
     assert benign["suspects"] == [] and benign["tasks_observed"] > 300
 
 
-def test_a_bounded_lru_cache_filling_linearly_is_not_a_leak_and_the_unbounded_one_is(tmp_path):
+def test_a_bounded_lru_cache_filling_linearly_is_not_a_leak_and_the_unbounded_one_is(runs):
     """bounded_lru_long.py: an lru_cache of 64 KiB results, a fresh key every call. With maxsize=300 it fills
     linearly for the whole 24-s run, longer than a trend must last (it was declared ~13 s in before the
     detector looked at bounded holders); unbounded, the same growth is a leak, declared and charged to
-    'tile'. Both run at once."""
-    bounded_dir, unbounded_dir = tmp_path / "bounded", tmp_path / "unbounded"
-    procs = [_start("bounded_lru_long.py", bounded_dir),
-             _start("bounded_lru_long.py", unbounded_dir, SCENARIO_LRU_MAXSIZE="none")]
-    for p in procs:
-        _, err = p.communicate(timeout=90)
-        assert p.returncode == 0, err[-2000:]
-
+    'tile'."""
+    bounded_dir, unbounded_dir = runs.dirs["bounded"], runs.dirs["unbounded"]
     bounded = _report(bounded_dir)
     assert validate_process_report(bounded) == []
     assert not any(e["kind"] == "leak_declared" for e in bounded["events"]), bounded["events"]
@@ -101,14 +155,11 @@ def test_a_bounded_lru_cache_filling_linearly_is_not_a_leak_and_the_unbounded_on
     assert not any(e["kind"] == "bounded_fill" for e in unbounded["events"])
 
 
-def test_heap_reuse_by_a_neighbour_names_only_the_leaker(tmp_path):
+def test_heap_reuse_by_a_neighbour_names_only_the_leaker(runs):
     """'ingest' keeps 64 KiB per call, 'render' allocates and frees 2 MiB (the mix changes every second):
     the leaked buffers reuse the heap space 'render' freed, so fresh pages are often touched by 'render'.
     Only 'ingest' may ever be a suspect: in the final report and in every change of the suspects."""
-    p = _start("heap_neighbour.py", tmp_path)
-    _, err = p.communicate(timeout=90)
-    assert p.returncode == 0, err[-2000:]
-    rep = _report(tmp_path)
+    rep = _report(runs.dirs["neighbour"])
     assert validate_process_report(rep) == []
     assert rep["verdict"] == "leak", rep["trends"]
     assert [s["task"] for s in rep["suspects"]] == ["ingest"], rep["suspects"]
@@ -148,38 +199,10 @@ while time.monotonic() < end:
 '''
 
 
-def test_strictly_alternating_neighbour_is_never_named_from_resident_memory(tmp_path):
-    """The case that named both tasks before: strict alternation, no allocator probe. The report is polled
-    while the worker runs (rewritten every 0.1 s), so a suspect shown for even a few tenths of a second
-    between the declaration and tier 2's answer is seen."""
-    import time
-
-    worker = tmp_path / "alternating.py"
-    worker.write_text(ALTERNATING)
-    out = tmp_path / "reports"
-    env = dict(os.environ)
-    env.update(
-        OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
-        OTEL_PYTHON_LEAK_REPORT_DIR=str(out), OTEL_PYTHON_LEAK_REPORT_INTERVAL="0.1",
-        OTEL_PYTHON_LEAK_SAMPLE_INTERVAL="0.25", OTEL_PYTHON_LEAK_DETECTOR_MIN_GROWTH="1000000",
-        SCENARIO_DURATION="24", OTEL_LEAK_REPO=ROOT,  # a leak must last 10 s: declared ~13 s in, tier 2 after
-    )
-    p = subprocess.Popen([INSTRUMENT, sys.executable, str(worker)], env=env, cwd=str(tmp_path),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    named: set[str] = set()
-    declared_seen = False
-    while p.poll() is None:
-        for f in glob.glob(os.path.join(str(out), "*.json")):
-            try:
-                with open(f) as fh:
-                    doc = json.load(fh)
-            except (OSError, ValueError):
-                continue
-            declared_seen |= doc.get("verdict") == "leak"
-            named.update(s["task"] for s in doc.get("suspects", []))
-        time.sleep(0.05)
-    _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err[-2000:]
+def test_strictly_alternating_neighbour_is_never_named_from_resident_memory(runs):
+    """The case that named both tasks before: strict alternation, no allocator probe. Its report was polled
+    while the worker ran (``_poll``)."""
+    out, named, declared_seen = runs.dirs["alternating"], runs.named, runs.declared_seen
     rep = _report(out)
     assert rep["verdict"] == "leak" and declared_seen
     assert rep["trend"]["signal"] == "rss"  # the allocator probe really was off
