@@ -20,8 +20,9 @@ Session-scoped, started on first use, stopped at the end of the session:
                   ``collector``; ``start_worker`` does the same in the background.
 ``dashboard_workers``  examples/demo_worker.py twice for test_dashboard_queries.py, also started at the first
                   e2e test.
-``leak_pair``     tests/workers/e2e_worker.py twice under ``opentelemetry-instrument``, one keeping 64 KiB
-                  per ``ingest`` call (service ``e2e-leaky``, instance ``leaky-1``), one keeping nothing
+``leak_pair``     tests/workers/e2e_worker.py twice under ``opentelemetry-instrument`` at 100 tasks/s, one
+                  keeping 64 KiB per ``ingest`` call, ~3 MB/s (service ``e2e-leaky``, instance ``leaky-1``),
+                  one keeping nothing
                   (``e2e-healthy``, ``healthy-1``), both reporting a 400 MiB memory limit. Started at the
                   first e2e test (autouse) and shared by the modules that wait for alerts, which look at what
                   the rules did since ``leak_pair.started``: the leak has been running while the other
@@ -362,7 +363,7 @@ def leak_pair(prometheus: Prometheus, collector: Collector, e2e_dir: Path) -> It
                                   extra={names.ENV_PREFIX + "MEMORY_LIMIT": str(MEMORY_LIMIT)})
             argv = _procs.instrumented_argv(
                 [sys.executable, str(REPO / "tests" / "workers" / "e2e_worker.py"), "--leak-bytes", str(leak),
-                 "--seconds", str(PAIR_SECONDS)])
+                 "--seconds", str(PAIR_SECONDS), "--rate", "100"])
             procs.append(Proc(service, argv, e2e_dir / "workers" / f"{service}.log", env=env, cwd=REPO).start())
         yield LeakPair(procs[0], procs[1], started)
     finally:
