@@ -4,8 +4,8 @@ real Prometheus holding real data: it fires for a leaking worker and not for a h
 Set-up (the harness in conftest.py: the built collector, Prometheus 2.42 scraping it every second with the
 generated short-window rules ``prometheus-rules.test.yaml`` loaded): the session's ``leak_pair``,
 ``tests/workers/e2e_worker.py`` twice under ``opentelemetry-instrument`` at 100 tasks/s, one keeping 64 KiB per
-``ingest`` call (service ``e2e-leaky``, ~3 MB/s), one keeping nothing (``e2e-healthy``), both reporting a 400 MiB memory limit (so the
-limit alerts have one), started with the first e2e test.
+``ingest`` call (service ``e2e-leaky``, ~3 MB/s), one keeping nothing (``e2e-healthy``), both reporting a
+400 MiB memory limit (so the limit alerts have one), started with the first e2e test.
 
 The rules are the ones ``dashboards.grafana.alerts`` generates for ``Mixin.e2e()`` (the parameters of the
 loaded Prometheus rules; the committed production file has hour-long windows no test run can fill). Every
