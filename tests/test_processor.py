@@ -274,11 +274,13 @@ def test_back_to_back_tasks_share_one_reading_per_boundary(env, monkeypatch):
     reads = []
     real = env.runtime.memory.rss
     monkeypatch.setattr(env.runtime.memory, "rss", lambda: reads.append(1) or real())
+    # The end reading of one task is the start reading of the next when it is recent enough (50 us by
+    # default: how often that holds is the machine's timing, which a benchmark measures, not this test).
+    # With a window no task gap reaches, the reuse itself is exact: one read per boundary, plus the first.
+    monkeypatch.setattr(env.runtime.processor, "start_max_age", 10.0)
     for _ in range(200):
         env.tracer.start_span("t", kind=SpanKind.CONSUMER).end()
-    # The end reading of one task is the start reading of the next (default 50 us); a scheduler hiccup on
-    # a loaded machine may force an extra read now and then (400 would be no reuse at all).
-    assert 200 <= len(reads) <= 320
+    assert 200 <= len(reads) <= 201, len(reads)  # (400 would be no reuse at all)
     assert env.processor.stats.counts == {"t": 200}
 
 
