@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.conftest import IN_CI, parse_console_exports
+from tests.conftest import parse_console_exports
+from tests.test_fw_gunicorn import _installed  # noqa: F401 (autouse: gunicorn and Flask are there)
 from tests.test_fw_gunicorn import APP_DIR, ROUTES, _gunicorn, _pids, free_port, load
 from tests.frameworks import OtelLeakRun
 
 HARD = 100 * 1024 * 1024
 LOAD_LIMIT_S = 60.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _installed():
-    for mod in ("gunicorn", "flask", "opentelemetry.instrumentation.flask"):
-        if IN_CI:
-            __import__(mod)
-        else:
-            pytest.importorskip(mod)
 
 
 def _env(mode: str, **extra) -> dict:
