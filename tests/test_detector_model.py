@@ -1,16 +1,20 @@
-"""The leak model's two newest rules, on synthetic series and the real collector: a bounded fill is not a
-leak while a saturating curve explains it, and growth is confirmed only across a full collection."""
+"""The leak model's rules, on synthetic series and the real collector: a bounded fill is not a leak while a
+saturating curve explains it, growth is confirmed only across a full collection, and a slow leak is seen
+over the whole run."""
 
 from __future__ import annotations
 
 import gc
 import math
 import random
+from types import SimpleNamespace
+
+import pytest
 
 from otel_leak.detector.fullgc import FullCollections
 from otel_leak.detector.robust import saturation
 from otel_leak.detector.tier1 import Tier1
-from tests.test_detector import MiB, stream
+from tests.test_detector import MiB, first_declared, stream
 
 
 def _fill(tau: float, span: float, noise: float, seed: int = 1):
@@ -137,3 +141,39 @@ def test_a_leak_after_a_warm_up_fill_is_still_declared():
             if t1.declared:
                 break
         assert t1.declared and s.t <= 35, (seed, s.t, t1.trend.as_dict())
+
+
+# ---------------------------------------------------------------------------------------------- the whole run
+def test_a_leak_too_slow_for_the_kept_windows_is_declared_on_the_whole_run():
+    # 1 KiB per call of one of three types at 20 tasks/s (~6.7 KiB/s, 560 MiB a day): the 64 kept windows
+    # (~80 s) hold under 1 MiB of it, below the growth threshold; the long history sees the whole run.
+    t1, s = first_declared(stream(seconds=900, rate=20, dt=0.3, leak=("c", 1024), noise=150_000))
+    assert s is not None, t1.trend.as_dict()
+    assert t1.trend.long and t1.trend.t0 < s.t - 200
+    assert 150 < s.t < 600
+
+
+def test_the_whole_run_s_history_stays_bounded_and_keeps_the_floor():
+    from otel_leak.detector.horizon import LONG_POINTS, LongHistory
+
+    h = LongHistory()
+    for i in range(5000):
+        h.add(SimpleNamespace(t0=i, t1=i + 1, samples=3, rss_min=i, tasks=12, level=float(i % 7), used_min=None,
+                              heap_level=0.0, used_level=0.0))
+        assert len(h.points) < 2 * LONG_POINTS
+    assert h.k >= 5000 // (2 * LONG_POINTS)
+    assert all(p.level == 0.0 and p.tasks == 12 * h.k for p in h.points)  # floors are the lowest of each point
+    assert h.points[0].t0 == 0 and h.points[-1].t1 == h.k * len(h.points)
+
+
+@pytest.mark.parametrize("name", ["warm-up", "noise", "sawtooth"])
+def test_benign_shapes_over_half_an_hour_are_never_declared_on_the_whole_run(name):
+    shape = {
+        "warm-up": dict(shape=lambda t: 8 * MiB * (1 - math.exp(-t / 6.0))),
+        "noise": dict(noise=1_500_000),
+        "sawtooth": dict(spikes=lambda t: (t % 9) * 1.5 * MiB),
+    }[name]
+    for seed in (1, 2):
+        t1, s = first_declared(stream(seconds=1800, rate=40, dt=0.5, seed=seed, **shape))
+        assert s is None, (name, seed, s and s.t, t1.trend.as_dict())
+        assert t1.long_trends  # the whole run was evaluated

@@ -28,8 +28,10 @@ What a leak is, for every part of the detector:
    for at least half of the pace holds the verdict back (``bounded``). Nothing is declared sooner, however
    large the growth: the page waits 10 s.
 3. **Judged on the worker's own scale.** Windows close after a number of samples, 0.75 s *and* a number
-   of tasks, the sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale: the same
-   defaults serve 5 and 1,000 tasks a second.
+   of tasks, the sampler's interval follows the task rate, and the trend is seen at a fine and a coarse scale
+   and over the whole run (``horizon``, bounded points): the same defaults serve 5 and 1,000 tasks a second,
+   and a leak of a few KiB a second is declared once it has retained the growth threshold, minutes or
+   hours in.
 4. **Charged to the task whose calls retain it.** Per-task retention is a robust nonnegative regression of
    the growth on the task counts of short intervals (neighbours' transient allocations are noise, a GC drop
    is an outlier), confirmed or vetoed by tier 2's traced Python bytes, which pages a neighbour touched

@@ -294,7 +294,8 @@ class Detector:
             return
         t0 = time.perf_counter()
         ws = self.tier1.windows
-        since = ws[max(0, len(ws) - self.tier1.trend_len())].t0 if ws else None
+        tr = self.tier1.trend
+        since = tr.t0 if tr.long else ws[max(0, len(ws) - self.tier1.trend_len())].t0 if ws else None
         full = since is not None and not self._full.since(since) and self._full.may_force()
         # How much of the growth the collection handed back to the allocator. Its two readings are charged
         # to the sampler's tick budget, not to the walk budget: a debt there would delay the next window's

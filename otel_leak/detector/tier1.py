@@ -40,7 +40,10 @@ contaminated with tracemalloc's own memory are dropped). A leak is declared when
 and all of that holds at two consecutive window closes (confirmation over more than one window). The trend
 is evaluated on the last 16 windows and, once more windows are kept, also on all kept windows (up to 64)
 merged a few to a point, so short windows (a fast worker) do not shorten the span a slow leak is seen over;
-a coarse candidate must hold, on the same signal, until a whole new coarse point has come in.
+a coarse candidate must hold, on the same signal, until a whole new coarse point has come in. Once windows
+have been dropped, the trend is also evaluated on the whole run (``horizon``: every window since start-up,
+in a bounded number of points), so a leak too slow to retain the growth threshold within the kept windows
+(a few KiB a second on a busy worker) is declared once it has retained it, however long that takes.
 
 Attribution (which task types the growth belongs to) is :mod:`~otel_leak.detector.attribution`.
 """
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field
 
 from otel_leak.detector import robust
 from otel_leak.detector.attribution import Attribution, regress
+from otel_leak.detector.horizon import LongHistory, merge
 
 PAGE = 4096
 MAX_WINDOWS = 64  # kept closed windows (bounded: memory does not grow with tasks or time)
@@ -104,6 +108,8 @@ class Trend:
     saturation: float = 1.0  # residuals of the best bounded fill / those of a straight line
     decel: float = 1.0  # fitted slope at the trend's end / at its start (robust.curvature)
     steps: int = 0  # increments of at least a quarter of the largest one
+    long: bool = False  # evaluated on the long history (the whole run, see ``horizon``)
+    t0: float = 0.0  # start of the first window the trend covers
 
     def as_dict(self) -> dict:
         return {
@@ -123,6 +129,7 @@ class Trend:
             "saturation": round(self.saturation, 3),
             "decel": round(self.decel, 3),
             "steps": self.steps,
+            "long": self.long,
         }
 
 
@@ -175,6 +182,9 @@ class Tier1:
         self.streaks: dict[str, int] = {}  # consecutive fine candidates, per signal
         self.used_ref: tuple[int, float] | None = None  # (used_min, used_level) of the last window with a reading
         self.coarse_streaks: dict[str, int] = {}  # consecutive coarse candidates, per signal
+        self.long = LongHistory()  # the whole run's floor, bounded (a leak too slow for the kept windows)
+        self.long_trends: dict[str, Trend] = {}  # the last evaluation on it, per signal
+        self.long_streaks: dict[str, int] = {}  # consecutive candidates there, per signal
         self.declared = False
         self.declared_t: float | None = None
         self.declared_tasks: int | None = None
@@ -285,6 +295,7 @@ class Tier1:
         if w.used_min is not None:
             self.used_ref = (w.used_min, w.used_level)
         self.windows.append(w)
+        long_point = self.long.add(w)
         if self.declared and self.closed % 4:
             return  # declared for good: the trend is only shown from now on, refresh it every 4th window
         fine = {"rss": self.evaluate("rss")}
@@ -308,8 +319,21 @@ class Tier1:
             for name, tr in self.coarse.items():
                 tr.scale = k
                 self.coarse_streaks[name] = self.coarse_streaks.get(name, 0) + 1 if tr.candidate else 0
-        self.trends = {name: (self.coarse[name] if not tr.candidate and name in self.coarse and self.coarse[name].candidate
-                              else tr) for name, tr in fine.items()}
+        # Long scale: the whole run (see ``horizon``), once it covers more than the kept windows; evaluated when a
+        # new point completes and confirmed by the next one, like the coarse scale.
+        if long_point and self.long.windows > MAX_WINDOWS:
+            self.long_trends = {name: self.evaluate(name, self.long.points) for name in fine}
+            for name, tr in self.long_trends.items():
+                tr.scale, tr.long = self.long.k, True
+                self.long_streaks[name] = self.long_streaks.get(name, 0) + 1 if tr.candidate else 0
+
+        def pick(name: str, tr: Trend) -> Trend:
+            for other in (self.coarse.get(name), self.long_trends.get(name)):
+                if not tr.candidate and other is not None and other.candidate:
+                    return other
+            return tr
+
+        self.trends = {name: pick(name, tr) for name, tr in fine.items()}
         if not self.declared:
             for tr in self.trends.values():
                 veto = self._history_decelerates(tr.decel) if tr.candidate and tr.scale == 1 else None
@@ -324,7 +348,9 @@ class Tier1:
                 if tr.candidate and lvl < check[name] - tol:
                     tr.candidate = False
                     tr.reasons.append("growth did not survive a garbage collection")
-                    if tr.scale > 1:
+                    if tr.long:
+                        self.long_streaks[name] = 0
+                    elif tr.scale > 1:
                         self.coarse_streaks[name] = 0
         # Allocator in-use bytes first: exact accounting, charged to the task that holds the memory (resident
         # memory lands on whichever task first touches fresh pages, e.g. after another freed a chunk).
@@ -338,10 +364,12 @@ class Tier1:
         self.candidate_streak = max(self.streaks.values(), default=0)
         # Confirmation: a fine candidate holds at the next window close; a coarse one at the next coarse point
         # (the same signal both times).
-        coarse_ok = any(tr.candidate and tr.scale > 1 and self.coarse_streaks.get(tr.signal, 0) >= 2 for tr in cands)
+        coarse_ok = any(tr.candidate and tr.scale > 1 and (self.long_streaks if tr.long else self.coarse_streaks).get(
+            tr.signal, 0) >= 2 for tr in cands)
         if not self.declared and (self.candidate_streak >= 2 or coarse_ok):
             n = min(len(self.windows), max(1, self.trend.windows) * max(1, self.trend.scale))
-            why = self.hold(self.trend, self.windows[-n].t0) if self.hold is not None else None
+            since = self.trend.t0 if self.trend.long else self.windows[-n].t0
+            why = self.hold(self.trend, since) if self.hold is not None else None
             self.held = why
             if why:
                 self.trend.candidate = False
@@ -371,15 +399,7 @@ class Tier1:
         """The kept windows merged ``k`` to a point (aligned on the newest): floors are the lowest levels."""
         ws = list(self.windows)
         ws = ws[len(ws) % k:]
-        out = []
-        for i in range(0, len(ws), k):
-            ch = ws[i:i + k]
-            out.append(Window(
-                t0=ch[0].t0, t1=ch[-1].t1, samples=sum(c.samples for c in ch), rss_min=min(c.rss_min for c in ch),
-                tasks=sum(c.tasks for c in ch), level=min(c.level for c in ch),
-                used_min=min((c.used_min for c in ch if c.used_min is not None), default=None),
-                heap_level=min(c.heap_level for c in ch), used_level=min(c.used_level for c in ch),
-            ))
+        out = [merge(ws[i:i + k]) for i in range(0, len(ws), k)]
         return out[-TREND_WINDOWS:]
 
     # ------------------------------------------------------------------ trend
@@ -407,6 +427,7 @@ class Tier1:
         if len(ws) < 3:
             tr.reasons.append("too few windows")
             return tr
+        tr.t0 = ws[0].t0
         ts = [(w.t0 + w.t1) / 2 for w in ws]
         ys = [w.level for w in ws] if signal == "rss" else [w.used_level for w in ws]
         reasons = tr.reasons
