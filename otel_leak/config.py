@@ -207,7 +207,7 @@ GUARD = setting(
     "it would recycle, and recycle nothing); on (recycle the process between tasks: a Celery prefork child "
     "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm, a "
     "gunicorn worker stops gracefully after its request and the arbiter replaces it, an RQ SimpleWorker shuts "
-    "down warm after its job).",
+    "down warm after its job, a dramatiq command reloads itself gracefully after the message).",
     choices=("off", "dry-run", "on"),
 )
 GUARD_BUDGET = setting(

@@ -1,10 +1,13 @@
-"""Recycle a worker process with a graceful signal to itself, after a task span ends: for the frameworks whose
-own termination signal already means "finish the task in hand, then exit" (gunicorn workers, RQ's in-process
-``SimpleWorker``). Used by :mod:`otel_leak.guard_gunicorn` and :mod:`otel_leak.integrations.rq`.
+"""Recycle a worker process with a graceful signal, after a task span ends: for the frameworks whose own
+signal already means "finish the task in hand, then exit" (gunicorn workers and RQ's in-process
+``SimpleWorker``: SIGTERM to themselves; a ``dramatiq`` command's worker processes: SIGHUP to the command,
+which stops them all gracefully and starts itself again). Used by :mod:`otel_leak.guard_gunicorn`,
+:mod:`otel_leak.integrations.rq` and :mod:`otel_leak.integrations.dramatiq`.
 
 :func:`arm` sets, in the process that serves tasks, the span processor's ``after_task`` hook: as each task
-span ends the guard is asked (:meth:`otel_leak.guard.Guard.check`, ``post_task``), and on recycle the process
-sends itself the signal once. The framework's handler does the rest. Never raises into the worker.
+span ends the guard is asked (:meth:`otel_leak.guard.Guard.check`, ``post_task``), and on recycle the signal
+is sent once. The framework's handler does the rest. Where no graceful path exists (``target=False``), the
+guard still records what it would do (``unsupported``). Never raises into the worker.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _log = logging.getLogger("otel_leak")
 class _State:
     pid = 0  # the process the hook is armed in
     sig = signal.SIGTERM
+    target: int | None = None  # the process to signal (None: this one; 0: none, only record)
     sent = False
     lock = threading.Lock()
 
@@ -38,9 +42,10 @@ def _guard():
     return None if g is None or g.mode == "off" or g.disabled else g
 
 
-def arm(sig: int = signal.SIGTERM, where: str = "this worker") -> bool:
-    """In the process that serves tasks, before it serves: recycle with ``sig`` when the guard says so. Once
-    per process (a forked child arms anew); whether the hook is in place."""
+def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | None = None) -> bool:
+    """In the process that serves tasks, before it serves: recycle with ``sig`` to ``target`` (None: this
+    process; 0: no graceful path, decisions are only recorded) when the guard says so. Once per process (a
+    forked child arms anew); whether the hook is in place."""
     try:
         if _state.pid == os.getpid():
             return True
@@ -49,6 +54,7 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker") -> bool:
         if g is None or processor is None:
             return False
         _state.pid, _state.sig, _state.sent, _state.lock = os.getpid(), sig, False, threading.Lock()
+        _state.target = target
         processor.after_task = _after_task
         return True
     except Exception as exc:  # the worker serves on without the guard
@@ -67,10 +73,10 @@ def _after_task(span, task: str) -> None:
         with _state.lock:  # threads: task spans end on several
             if _state.sent:
                 return
-            reason = g.check("post_task", task=task, span=span, can_recycle=True)
+            reason = g.check("post_task", task=task, span=span, can_recycle=_state.target != 0)
             if reason is None:
                 return
             _state.sent = True
-        os.kill(os.getpid(), _state.sig)
+        os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
     except Exception as exc:
         g.fail(exc)

@@ -295,6 +295,16 @@ def flush_providers(timeout_millis: int = EXIT_FLUSH_MS) -> bool:
         return False
 
 
+def runtime_part(part: str):
+    """A part (``detector``, ``sampler``, ``guard``) of this process's otel-leak runtime, if any."""
+    try:
+        from otel_leak.instrumentor import LeakInstrumentor
+
+        return getattr(LeakInstrumentor.runtime, part, None)
+    except Exception:
+        return None
+
+
 def leaving_process(system: str) -> None:
     """In a ``multiprocessing`` child about to leave through ``os._exit`` (Dramatiq's and Huey's worker
     processes): the last task measurements, the exporters' queues and the detector's final report, now.
@@ -314,5 +324,8 @@ def leaving_process(system: str) -> None:
         at_exit = getattr(getattr(runtime, "detector", None), "_at_exit", None)
         if at_exit is not None:
             at_exit()  # the final sample and report, as at a normal exit
+        guard = getattr(runtime, "guard", None)
+        if guard is not None:
+            guard.release()  # its recycling marker, which atexit would have removed
     except Exception:
         pass

@@ -17,14 +17,25 @@ fresh interpreters, auto-instrumented the same way through the inherited environ
 itself and writes its own report. They leave through ``os._exit`` (``multiprocessing``): no ``atexit``, so
 the middleware's ``after_worker_shutdown`` exports what the process has and writes its final report.
 
+The memory-budget guard (when on) recycles the worker processes of a ``dramatiq`` command with the command's
+own reload: SIGHUP to it, after a message, from the process over its budget. The command then stops every
+worker process gracefully (each finishes the messages in hand; the broker keeps the others) and starts
+itself again, same pid, same arguments (:mod:`otel_leak.guard_signal`). Dramatiq cannot replace one worker
+process alone: when one exits, the command stops them all. A ``Worker`` run in a process of its own making
+has no such path: the guard only records what it would do there (``unsupported``).
+
 Caveat: Dramatiq messages carry no trace context, so task spans are roots (no producer parent).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import weakref
 
 from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_process, warn_once
+from otel_leak.integrations._base import runtime_part as _runtime
 
 SYSTEM = "dramatiq"
 _ATTR = "_otel_leak_job"  # on the MessageProxy (a plain object): the message's Job between the two hooks
@@ -54,6 +65,9 @@ def _middleware_class():
         def after_skip_message(self, broker, message):
             _end(message, None)
 
+        def after_worker_boot(self, broker, worker):
+            _arm_guard()
+
         def after_worker_shutdown(self, broker, worker):
             _leaving_child()
 
@@ -68,6 +82,29 @@ def _end(message, exception) -> None:
         return
     if job is not None:
         job.end(exception)
+
+
+def _command_pid() -> int:
+    """The ``dramatiq`` command's pid when this process is one of its worker processes, else 0."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    cli = sys.modules.get("dramatiq.cli")
+    if parent is None or cli is None or parent.pid != os.getppid() or not hasattr(signal, "SIGHUP"):
+        return 0
+    return parent.pid
+
+
+def _arm_guard() -> None:
+    if getattr(_runtime("guard"), "mode", "off") == "off":
+        return
+    try:
+        from otel_leak import guard_signal
+
+        guard_signal.arm(getattr(signal, "SIGHUP", signal.SIGTERM), "this Dramatiq worker", target=_command_pid())
+    except Exception as exc:
+        warn_once("guard:dramatiq", "otel-leak: the memory-budget guard cannot arm in a Dramatiq worker (%s: %s)",
+                  type(exc).__name__, exc)
 
 
 def _leaving_child() -> None:

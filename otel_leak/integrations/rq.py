@@ -34,21 +34,12 @@ from otel_leak.integrations._base import (
     ephemeral_process,
     flush_providers,
     leaving_process,
+    runtime_part as _runtime,
     warn_once,
 )
 
 SYSTEM = "rq"
 _CARRIER_KEY = "traceparent"
-
-
-def _runtime(part: str):
-    """A part (``detector``, ``sampler``) of this process's otel-leak runtime, if any."""
-    try:
-        from otel_leak.instrumentor import LeakInstrumentor
-
-        return getattr(LeakInstrumentor.runtime, part, None)
-    except Exception:
-        return None
 
 
 def _job_span(rq_job: Any) -> Job | None:
