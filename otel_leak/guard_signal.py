@@ -1,8 +1,9 @@
 """Recycle a worker process with a graceful signal, after a task span ends: for the frameworks whose own
 signal already means "finish the task in hand, then exit" (gunicorn workers and RQ's in-process
 ``SimpleWorker``: SIGTERM to themselves; a ``dramatiq`` command's worker processes: SIGHUP to the command,
-which stops them all gracefully and starts itself again). Used by :mod:`otel_leak.guard_gunicorn`,
-:mod:`otel_leak.integrations.rq` and :mod:`otel_leak.integrations.dramatiq`.
+which stops them all gracefully and starts itself again; a Huey consumer with thread workers: SIGHUP to
+itself, its graceful restart), or with a framework's own recycle (a Huey worker process: its max-tasks
+exit). Used by :mod:`otel_leak.guard_gunicorn` and the RQ, Dramatiq and Huey integrations.
 
 :func:`arm` sets, in the process that serves tasks, the span processor's ``after_task`` hook: as each task
 span ends the guard is asked (:meth:`otel_leak.guard.Guard.check`, ``post_task``), and on recycle the signal
@@ -24,6 +25,7 @@ class _State:
     pid = 0  # the process the hook is armed in
     sig = signal.SIGTERM
     target: int | None = None  # the process to signal (None: this one; 0: none, only record)
+    action = None  # instead of a signal: a callable that starts the framework's own recycle
     sent = False
     lock = threading.Lock()
 
@@ -42,10 +44,10 @@ def _guard():
     return None if g is None or g.mode == "off" or g.disabled else g
 
 
-def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | None = None) -> bool:
+def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | None = None, action=None) -> bool:
     """In the process that serves tasks, before it serves: recycle with ``sig`` to ``target`` (None: this
-    process; 0: no graceful path, decisions are only recorded) when the guard says so. Once per process (a
-    forked child arms anew); whether the hook is in place."""
+    process; 0: no graceful path, decisions are only recorded), or by calling ``action()``, when the guard
+    says so. Once per process (a forked child arms anew); whether the hook is in place."""
     try:
         if _state.pid == os.getpid():
             return True
@@ -54,7 +56,7 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | Non
         if g is None or processor is None:
             return False
         _state.pid, _state.sig, _state.sent, _state.lock = os.getpid(), sig, False, threading.Lock()
-        _state.target = target
+        _state.target, _state.action = target, action
         processor.after_task = _after_task
         return True
     except Exception as exc:  # the worker serves on without the guard
@@ -77,6 +79,9 @@ def _after_task(span, task: str) -> None:
             if reason is None:
                 return
             _state.sent = True
-        os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
+        if _state.action is not None:
+            _state.action()
+        else:
+            os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
     except Exception as exc:
         g.fail(exc)

@@ -15,15 +15,27 @@ Processes: ``huey_consumer -k process`` forks its workers (and its scheduler); e
 writes its own report. They leave through ``os._exit`` (``multiprocessing``): no ``atexit``, so the wrapped
 ``huey.consumer.Worker.shutdown`` exports what the process has and writes its final report there.
 
+The memory-budget guard (when on) recycles with Huey's own mechanisms, between tasks. Worker processes
+(``-k process``): the process over its budget leaves after its task the way ``--max-tasks`` makes it leave
+(``WorkerRecycle``), and the consumer starts another at its next health check (``--health-check-interval``,
+10 s by default; the check must stay on). Thread and greenlet workers share the consumer's process, so the
+consumer recycles whole: SIGHUP to itself, Huey's graceful restart (the workers finish their tasks, the
+consumer starts itself again with the same arguments).
+
 Caveat: Huey messages carry no trace context, so task spans are roots (no producer parent).
 """
 
 from __future__ import annotations
 
-from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_process, warn_once
+import multiprocessing
+import os
+import signal
+
+from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_process, runtime_part, warn_once
 
 SYSTEM = "huey"
 _jobs: dict[int, list] = {}  # id(task) -> [Job, exception from a signal]: only while the task executes
+_recycle = [0]  # the pid of a worker process the guard recycles (its worker loop leaves after the task)
 
 
 def _start(huey, task) -> list | None:
@@ -45,6 +57,35 @@ def _leaving_child() -> None:
     leaving_process(SYSTEM)
 
 
+def _guard_on() -> bool:
+    return getattr(runtime_part("guard"), "mode", "off") != "off"
+
+
+def _arm(where: str, **kw) -> None:
+    try:
+        from otel_leak import guard_signal
+
+        guard_signal.arm(where=where, **kw)
+    except Exception as exc:
+        warn_once("guard:huey", "otel-leak: the memory-budget guard cannot arm in a Huey consumer (%s: %s)",
+                  type(exc).__name__, exc)
+
+
+def _arm_consumer(consumer) -> None:
+    """In the consumer, its signal handlers set: thread and greenlet workers recycle the consumer (SIGHUP)."""
+    if _guard_on() and consumer.worker_type != "process":
+        _arm("this Huey consumer", sig=getattr(signal, "SIGHUP", signal.SIGTERM),
+             target=None if hasattr(signal, "SIGHUP") else 0)
+
+
+def _arm_worker_process(can_leave: bool) -> None:
+    """In a worker process of ``-k process``: it leaves after its task, as at its max tasks (a Huey without
+    that exit: the guard only records)."""
+    if _guard_on() and multiprocessing.parent_process() is not None:
+        _arm("this Huey worker process", target=None if can_leave else 0,
+             action=lambda: _recycle.__setitem__(0, os.getpid()))
+
+
 class HueyInstrumentor(FrameworkInstrumentor):
     system = SYSTEM
     _instruments = ("huey >= 2.5",)
@@ -52,8 +93,11 @@ class HueyInstrumentor(FrameworkInstrumentor):
     def _patch(self, **kwargs) -> None:
         from huey import signals as S
         from huey.api import Huey
-        from huey.consumer import Worker
+        from huey import consumer as C
+        from huey.consumer import Consumer, Worker
         from huey.exceptions import TaskTimeout
+
+        recycle_exc = getattr(C, "WorkerRecycle", None)  # Huey >= 2.5.1 (--max-tasks)
 
         execute, emit, shutdown = Huey.__dict__["_execute"], Huey.__dict__["_emit"], Worker.__dict__["shutdown"]
 
@@ -88,8 +132,34 @@ class HueyInstrumentor(FrameworkInstrumentor):
             finally:
                 _leaving_child()
 
-        self._originals = [(Huey, "_execute", execute), (Huey, "_emit", emit), (Worker, "shutdown", shutdown)]
-        for owner, name, wrapper in ((Huey, "_execute", _execute), (Huey, "_emit", _emit), (Worker, "shutdown", _shutdown)):
+        def _initialize(self, *args, **kw):
+            _arm_worker_process(recycle_exc is not None)
+            return initialize(self, *args, **kw)
+
+        def _loop(self, *args, **kw):
+            result = loop(self, *args, **kw)
+            if _recycle[0] and _recycle[0] == os.getpid() and recycle_exc is not None:
+                raise recycle_exc()  # the task is done and its result stored: leave as at max tasks
+            return result
+
+        def _consumer_start(self, *args, **kw):
+            result = start(self, *args, **kw)
+            _arm_consumer(self)
+            return result
+
+        def _consumer_stop(self, *args, **kw):
+            result = stop(self, *args, **kw)
+            if getattr(self, "_restart", False):  # a graceful restart: the consumer execs itself next
+                leaving_process(SYSTEM, exec_next=True)
+            return result
+
+        initialize, loop = Worker.__dict__["initialize"], Worker.__dict__["loop"]
+        start, stop = Consumer.__dict__["start"], Consumer.__dict__["stop"]
+        wrapped = ((Huey, "_execute", _execute), (Huey, "_emit", _emit), (Worker, "shutdown", _shutdown),
+                   (Worker, "initialize", _initialize), (Worker, "loop", _loop), (Consumer, "start", _consumer_start),
+                   (Consumer, "stop", _consumer_stop))
+        self._originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in wrapped]
+        for owner, name, wrapper in wrapped:
             wrapper.__wrapped__ = owner.__dict__[name]
             wrapper._otel_leak = True
             setattr(owner, name, wrapper)
