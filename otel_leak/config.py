@@ -208,7 +208,8 @@ GUARD = setting(
     "exits after its task as with worker_max_memory_per_child, a solo/threads worker shuts down warm, a "
     "gunicorn worker stops gracefully after its request and the arbiter replaces it, an RQ SimpleWorker shuts "
     "down warm after its job, a dramatiq command reloads itself gracefully after the message, a Huey worker "
-    "process leaves as at its max tasks and a Huey consumer with thread workers restarts gracefully).",
+    "process leaves as at its max tasks and a Huey consumer with thread workers restarts gracefully, an arq "
+    "worker stops taking jobs, lets its running ones finish and exits).",
     choices=("off", "dry-run", "on"),
 )
 GUARD_BUDGET = setting(

@@ -12,6 +12,11 @@ whose coroutine runs the original inside the job's span (the user's ``Function``
 touched). Uninstrumenting restores ``Worker.__init__`` and puts the original entries back into the workers
 built meanwhile.
 
+The memory-budget guard (when on) stops a worker over its budget the way arq stops on a signal when told to
+wait for its jobs (``job_completion_wait``): after a job's span ends it stops taking jobs, lets the running
+ones finish (up to the worker's job timeout, after which arq would cancel them anyway) and exits; its
+supervisor starts it again, as for any arq worker that stops.
+
 Caveats: the span covers the job's coroutine only: arq's own Redis reads and result write, and the
 ``on_job_start``/``on_job_end`` hooks, run outside it (in arq's ``run_job`` task). A job cancelled by its
 timeout or an abort ends its span with ERROR status (``CancelledError``). Workers constructed before
@@ -25,7 +30,7 @@ import functools
 import weakref
 from typing import Any
 
-from otel_leak.integrations._base import FrameworkInstrumentor, Job, run_job_async, warn_once
+from otel_leak.integrations._base import FrameworkInstrumentor, Job, run_job_async, runtime_part, warn_once
 
 SYSTEM = "arq"
 _ORIGINAL = "_otel_leak_original"  # on a wrapping coroutine: the Function/CronJob it was made from
@@ -46,7 +51,31 @@ def _wrap(function: Any, name: str, queue: str) -> Any:
     return wrapped
 
 
+def _stop_when_done(worker: Any) -> None:
+    """arq's wait-for-completion shutdown, as on SIGTERM with ``job_completion_wait``: no new job; the running
+    ones get up to the job timeout (a worker configured to wait longer keeps its wait)."""
+    import signal
+
+    worker._job_completion_wait = max(worker._job_completion_wait or 0, worker.job_timeout_s)
+    worker.handle_sig_wait_for_completion(signal.SIGTERM)
+
+
+def _arm_guard(worker: Any) -> None:
+    if getattr(runtime_part("guard"), "mode", "off") == "off":
+        return
+    try:
+        from otel_leak import guard_signal
+
+        can = hasattr(worker, "handle_sig_wait_for_completion") and hasattr(worker, "_job_completion_wait")
+        guard_signal.arm(where="this arq worker", target=None if can else 0,
+                         action=lambda: _stop_when_done(worker))
+    except Exception as exc:
+        warn_once("guard:arq", "otel-leak: the memory-budget guard cannot arm in an arq worker (%s: %s)",
+                  type(exc).__name__, exc)
+
+
 def _instrument_worker(worker: Any, workers: weakref.WeakSet) -> None:
+    _arm_guard(worker)
     try:
         queue = str(worker.queue_name)
         functions = worker.functions
