@@ -209,7 +209,8 @@ GUARD = setting(
     "gunicorn worker stops gracefully after its request and the arbiter replaces it, an RQ SimpleWorker shuts "
     "down warm after its job, a dramatiq command reloads itself gracefully after the message, a Huey worker "
     "process leaves as at its max tasks and a Huey consumer with thread workers restarts gracefully, an arq "
-    "worker stops taking jobs, lets its running ones finish and exits).",
+    "worker stops taking jobs, lets its running ones finish and exits, a taskiq worker process stops gracefully "
+    "and its parent starts another).",
     choices=("off", "dry-run", "on"),
 )
 GUARD_BUDGET = setting(

@@ -31,7 +31,10 @@ LEAK_BYTES = int(os.environ.get("LEAK_BYTES", str(64 * 1024)))
 
 # A Redis stream: the worker reads with a 2 s block timeout, so it sees a stop signal in time (a
 # ListQueueBroker's worker blocks in BRPOP until the next message arrives, and only then stops).
-broker = RedisStreamBroker(REDIS_URL).with_result_backend(RedisAsyncResultBackend(REDIS_URL, result_ex_time=600))
+# A worker reads up to ``count`` messages at once; those it had read but not started when it stopped (a
+# deploy, otel-leak's guard) are claimed again by a worker after ``idle_timeout`` ms (10 minutes by default).
+IDLE_TIMEOUT_MS = int(os.environ.get("TASKIQ_IDLE_TIMEOUT_MS", "600000"))
+broker = RedisStreamBroker(REDIS_URL, idle_timeout=IDLE_TIMEOUT_MS).with_result_backend(RedisAsyncResultBackend(REDIS_URL, result_ex_time=600))
 
 _USERS: dict[str, bytes] = {}  # the leak: one entry per call, never evicted
 

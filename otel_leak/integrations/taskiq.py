@@ -20,6 +20,12 @@ default start method (fork on Linux); each measures itself and writes its own re
 manages them. A worker process leaves through ``os._exit`` (multiprocessing), so when its
 ``Receiver.listen`` returns the detector writes its final report and spans and metrics are exported.
 
+The memory-budget guard (when on) recycles a worker process of ``taskiq worker`` with taskiq's own graceful
+stop: SIGTERM to itself after a task, so it stops fetching, lets the running tasks finish
+(``--wait-tasks-timeout``; none by default: all of them) and leaves; the parent starts another, as for any
+worker process that exits (keep ``--max-fails`` unset, or high enough). A receiver run in a process of
+another making gets no recycle: the guard only records what it would do (``unsupported``).
+
 Caveats: with ``--use-process-pool`` a sync task runs in a pool process, and its span measures the worker
 process, not the pool's. A custom ``--receiver`` class whose ``run_task`` does not call taskiq's gets no
 span. Under tracemalloc (the detector's tier 2) taskiq-redis workers run many times slower (a Redis client
@@ -29,6 +35,7 @@ object per operation): docs/frameworks/taskiq.md.
 from __future__ import annotations
 
 import functools
+import signal
 import threading
 from typing import Any
 
@@ -40,6 +47,7 @@ from otel_leak.integrations._base import (
     Job,
     flush_providers,
     in_task_span,
+    runtime_part,
     span_attributes,
     warn_once,
 )
@@ -112,6 +120,7 @@ class TaskiqInstrumentor(FrameworkInstrumentor):
 
         @functools.wraps(listen)
         async def flushing_listen(receiver, *args, **kw):
+            _arm_guard()
             try:
                 return await listen(receiver, *args, **kw)
             finally:
@@ -126,6 +135,20 @@ class TaskiqInstrumentor(FrameworkInstrumentor):
 
         for name, original in self._originals.items():
             setattr(Receiver, name, original)
+
+
+def _arm_guard() -> None:
+    """In a ``taskiq worker`` process, whose SIGTERM handler is taskiq's graceful stop: recycle with it."""
+    if getattr(runtime_part("guard"), "mode", "off") == "off":
+        return
+    try:
+        from otel_leak import guard_signal
+
+        graceful = getattr(signal.getsignal(signal.SIGTERM), "__module__", None) == "taskiq.cli.worker.run"
+        guard_signal.arm(signal.SIGTERM, "this taskiq worker", target=None if graceful else 0)
+    except Exception as exc:
+        warn_once("guard:taskiq", "otel-leak: the memory-budget guard cannot arm in a taskiq worker (%s: %s)",
+                  type(exc).__name__, exc)
 
 
 def _flush_if_child() -> None:
@@ -158,6 +181,9 @@ def _final_report_and_export() -> None:
         processor = getattr(runtime, "processor", None)
         if processor is not None:
             processor.flush_metrics()  # the task histograms' pending points
+        guard = getattr(runtime, "guard", None)
+        if guard is not None:
+            guard.release()  # its recycling marker, which atexit would have removed
     except Exception:
         pass
     flush_providers(EXIT_FLUSH_MS)

@@ -1,0 +1,56 @@
+"""The memory-budget guard in a real ``taskiq worker`` (the taskiq integration, otel_leak.guard_signal).
+
+Everything is real: redis-server (the ``redis_url`` fixture), ``taskiq worker app:broker --workers 2``
+serving examples/taskiq_leak under ``.venv/bin/otel-leak run`` with the guard on and a low absolute hard
+budget; ``remember_user`` keeps 64 KiB a task and returns the pid that ran it. Over the budget, a worker
+process sends itself SIGTERM after a task: taskiq's graceful stop (no new message, the running tasks
+finish); the parent starts another process. A stopping worker's messages read from the stream but not
+started are claimed again by the new workers after the broker's idle timeout (5 s here, 10 minutes by
+default: taskiq-redis's behaviour at any stop). Every task's result arrives, and the task spans counted in
+the processes' reports add up to the tasks sent (none lost, none run twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.conftest import VENV_BIN
+from tests.frameworks import OtelLeakRun
+from tests.test_fw_taskiq import APP_DIR, HEALTHY, LEAKY, Client, _flush, _url
+
+HARD = 110 * 1024 * 1024
+TASKS = 3000  # 3000 x 64 KiB: ~190 MiB over two processes, more than the budget leaves either of them
+
+
+def test_a_taskiq_worker_process_over_its_hard_budget_stops_gracefully_and_is_replaced(redis_url, tmp_path):
+    url = _url(redis_url)
+    _flush(url)
+    run = OtelLeakRun(tmp_path, [str(VENV_BIN / "taskiq"), "worker", "app:broker", "--workers", "2"], cwd=APP_DIR,
+                      env=dict(REDIS_URL=url, TASKIQ_IDLE_TIMEOUT_MS="5000", OTEL_PYTHON_LEAK_GUARD="on", OTEL_PYTHON_LEAK_GUARD_HARD_BUDGET=str(HARD),
+                               OTEL_PYTHON_LEAK_GUARD_JITTER="0", OTEL_PYTHON_LEAK_REPORT_INTERVAL="0.5"))
+
+    async def main():
+        async with Client(url) as c:
+            await c.pids(await c.send([HEALTHY[1]]), timeout=90)  # the workers serve
+            pids = set()
+            for _ in range(TASKS // 100):
+                pids |= await c.pids(await c.send([LEAKY] * 100), timeout=120)  # every result arrives
+            return pids
+
+    try:
+        pids = asyncio.run(main())
+        assert run.proc.poll() is None, run.log()[-3000:]
+        assert run.stop() == 0, run.log()[-3000:]
+    finally:
+        run.close()
+    out = run.log()
+    docs = [d for d in run.process_files().values() if d.get("tasks_observed")]
+    assert sum(d["task_counts"].get(LEAKY, 0) for d in docs) == TASKS  # none lost, none run twice
+    assert len(pids) >= 3, pids  # the two first worker processes and at least one replacement
+    recycled = [e for d in docs for e in (d.get("guard") or {}).get("entries", []) if e["outcome"] == "recycled"]
+    assert recycled and all((e["reason"], e["when"], e["task"]) == ("hard_budget", "post_task", LEAKY)
+                            for e in recycled), recycled
+    assert "recycling the process (hard_budget" in out
+    merged = json.loads(run.report_path.read_text())
+    assert sum((p.get("guard") or {}).get("recycles", 0) for p in merged["processes"]) == len(recycled)
