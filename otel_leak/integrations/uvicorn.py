@@ -16,6 +16,12 @@ every ``--workers N`` child (the supervisor stops them with SIGTERM). :class:`Uv
 default action in place, the detector writes its final report and the providers flush, as ``atexit`` would
 have done. Nothing else changes: the signal is raised again and ends the process, as before.
 
+The memory-budget guard (when on) recycles a serving process with uvicorn's own graceful shutdown: SIGTERM
+to itself after a request's span ends, once ``capture_signals`` has put uvicorn's handler in place (the
+requests in flight finish, up to ``--timeout-graceful-shutdown``). Under ``--workers N`` the supervisor
+starts another process; a single process needs its own supervisor to restart it. A server run outside the
+main thread captures no signal: the guard only records what it would do there (``unsupported``).
+
 Caveat: a ``Server`` subclass that overrides ``capture_signals`` keeps its own (then it does not raise the
 signal again either).
 """
@@ -64,6 +70,21 @@ def final_flush() -> None:
         warn_once("flush:uvicorn", "otel-leak: could not flush before uvicorn's exit (%s: %s)", type(exc).__name__, exc)
 
 
+def _arm_guard() -> None:
+    try:
+        from otel_leak import guard_signal
+        from otel_leak.integrations._base import runtime_part
+
+        if getattr(runtime_part("guard"), "mode", "off") == "off":
+            return
+        graceful = threading.current_thread() is threading.main_thread() and signal.getsignal(
+            signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        guard_signal.arm(signal.SIGTERM, "this uvicorn server", target=None if graceful else 0)
+    except Exception as exc:
+        warn_once("guard:uvicorn", "otel-leak: the memory-budget guard cannot arm in uvicorn (%s: %s)",
+                  type(exc).__name__, exc)
+
+
 def _wrap(original):
     @contextlib.contextmanager
     def capture_signals(server):
@@ -72,6 +93,7 @@ def _wrap(original):
         except Exception:
             before = {}
         with original(server):
+            _arm_guard()
             yield
             try:
                 deadly = [s for s in getattr(server, "_captured_signals", ()) if before.get(s) == signal.SIG_DFL]
