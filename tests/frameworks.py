@@ -90,16 +90,16 @@ class OtelLeakRun:
     """``otel-leak run --report R -- *command`` in ``cwd``, output to ``log``; each process's file in ``procs``."""
 
     def __init__(self, tmp_path: Path, command: list[str], cwd: Path = ROOT, env: dict | None = None,
-                 html: bool = False) -> None:
+                 html: bool = False, otel_leak: str = OTEL_LEAK, base_env: dict | None = None) -> None:
         self.dir = Path(tmp_path)
         self.procs = self.dir / "procs"
         self.report_path = self.dir / "report.json"
         self.html_path = self.dir / "report.html" if html else None
         self.log_path = self.dir / "worker.log"
-        e = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        e = {k: v for k, v in (os.environ if base_env is None else base_env).items() if not k.startswith("OTEL_")}
         e.update(PYTHONUNBUFFERED="1", OTEL_PYTHON_LEAK_REPORT_DIR=str(self.procs))
         e.update(env or {})
-        args = [OTEL_LEAK, "run", "--report", str(self.report_path)]
+        args = [otel_leak, "run", "--report", str(self.report_path)]
         if self.html_path:
             args += ["--html", str(self.html_path)]
         self._log = open(self.log_path, "w")

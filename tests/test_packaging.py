@@ -295,6 +295,71 @@ def test_celery_prefork_worker(fresh, celery_workdir, redis_url):
 
 
 # ------------------------------------------------------------------------------------------------------
+# The frameworks otel-leak makes task spans for itself: the plain wheel, each framework as its user installs it
+
+# (distributions, example app, the app's Redis URL variable, worker command, producer script)
+FRAMEWORKS = {
+    "rq": (["rq"], "rq_leak", "REDIS_URL",
+           ["rq", "worker", "--worker-class", "rq.worker.SimpleWorker", "--url", "{url}", "leak_demo"], "enqueue.py"),
+    "dramatiq": (["dramatiq[redis]"], "dramatiq_leak", "DRAMATIQ_REDIS_URL",
+                 ["dramatiq", "app", "--processes", "2", "--threads", "2"], "submit.py"),
+    "huey": (["huey"], "huey_leak", "HUEY_REDIS_URL", ["huey_consumer", "app.huey", "-w", "2", "-k", "process"],
+             "submit.py"),
+    "arq": (["arq"], "arq_leak", "REDIS_URL", ["arq", "app.WorkerSettings"], "submit.py"),
+    "taskiq": (["taskiq", "taskiq-redis"], "taskiq_leak", "REDIS_URL", ["taskiq", "worker", "app:broker", "--workers", "1"],
+               "submit.py"),
+}
+FRAMEWORK_JOBS = 120
+
+
+def _pinned(dist: str) -> str:
+    """``dist`` at the version the dev environment has (so uv's cache serves it; redis-py stays below 5.3)."""
+    from importlib.metadata import version
+
+    name = re.sub(r"\[.*\]", "", dist)
+    return f"{dist}=={version(name)}"
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_framework_worker_from_the_wheel_gets_a_measured_task_span_per_job(fresh, tmp_path, redis_url, framework):
+    """``pip install otel-leak <framework>``, then ``otel-leak run -- <the framework's worker command>``: every
+    job of the example app (three task types) is a measured task span in some process's report."""
+    import redis
+
+    from tests.frameworks import OtelLeakRun
+
+    dists, example, var, command, producer = FRAMEWORKS[framework]
+    _check([*fresh.uv, "pip", "install", "--quiet", "--python", str(fresh.bin / "python"),
+            *(_pinned(d) for d in dists), _pinned("redis")], timeout=300)
+    url = redis_url.rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(url).flushdb()
+    work = tmp_path / example
+    shutil.copytree(ROOT / "examples" / example, work)
+    env = fresh.env(**{var: url})
+    run = OtelLeakRun(tmp_path, [c.replace("{url}", url) for c in command], cwd=work, env=env,
+                      otel_leak=str(fresh.bin / "otel-leak"), base_env=env)
+    try:
+        p = subprocess.run([str(fresh.bin / "python"), producer, str(FRAMEWORK_JOBS)], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, (p.stdout[-1000:], p.stderr[-2000:], run.log()[-2000:])
+        done = int(p.stdout.split()[0])
+        assert done >= FRAMEWORK_JOBS, p.stdout
+        rc = run.stop()
+    finally:
+        run.close()
+    assert rc in (0, 128 + signal.SIGTERM), run.log()[-3000:]
+    r = json.loads(run.report_path.read_text())
+    counts: dict[str, int] = {}
+    for proc in r["processes"]:
+        for task, n in proc["task_counts"].items():
+            counts[task] = counts.get(task, 0) + n
+    assert sum(counts.values()) == done, (counts, done, run.log()[-2000:])  # every job, once
+    assert sorted(k.rsplit(".", 1)[-1].rsplit(":", 1)[-1] for k in counts) == [
+        "remember_user", "resize_image", "send_email"], counts
+    assert r["tasks_observed"] == done
+
+
+# ------------------------------------------------------------------------------------------------------
 # With opentelemetry-distro (the pipeline's packages): the distro sets the SDK up, otel-leak changes nothing
 
 
