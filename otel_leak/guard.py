@@ -160,18 +160,25 @@ class Guard:
                          "%sMEMORY_LIMIT or budgets in bytes", names.ENV_PREFIX)
         return Budgets(resolve(self._budget, limit), resolve(self._hard, limit), self.min_time_to_limit)
 
-    def read_state(self) -> State | None:
-        """The detector's state now (the floor: the lowest of its latest readings)."""
+    def read_state(self, now: bool = False) -> State | None:
+        """The detector's state now (the floor: the lowest of its latest readings; ``now``: a reading taken
+        now instead, for the hard budget before a task)."""
         rt = self.runtime
         det = getattr(rt, "detector", None)
         if det is not None:
             recent = list(det.recent_rss)
             t1 = det.tier1
             verdict = det.verdict if det.error is None else "inconclusive"
-            return State(min(recent) if recent else None, det.first_rss, verdict,
-                         float(t1.trend.slope) if t1.windows else 0.0, self.limit())
+            floor = self._read_now() if now else None
+            if floor is None:  # a process's first moments have no floor yet
+                floor = min(recent) if recent else self._read_now()
+            return State(floor, det.first_rss, verdict, float(t1.trend.slope) if t1.windows else 0.0, self.limit())
         last = getattr(getattr(rt, "sampler", None), "last", None)  # no detector: the hard budget only
         return State(last.floor if last is not None else None, None, "inconclusive", 0.0, self.limit())
+
+    def _read_now(self) -> int | None:
+        mem = getattr(self.runtime, "memory", None)
+        return mem.rss() if mem is not None else None
 
     # ------------------------------------------------------------------ deciding
     def check(self, when: str, task: str | None = None, span=None, can_recycle: bool = True,
@@ -189,7 +196,7 @@ class Guard:
     def _check(self, when, task, span, can_recycle, state) -> str | None:
         if self.recycling is not None:
             return self.recycling
-        state = state if state is not None else self.read_state()
+        state = state if state is not None else self.read_state(now=when == "pre_task")
         if state is None:
             return None
         b = self.budgets(state.limit)

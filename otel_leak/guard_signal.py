@@ -64,6 +64,35 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | Non
         return False
 
 
+def refuse_task(task: str | None = None) -> bool:
+    """Before a worker takes its next task, in a process armed here: whether the hard budget is already
+    crossed (the guard then recycles as after a task, once) and the task must be left for another process.
+    For frameworks whose loop can leave a task in the queue (Huey). Never raises."""
+    if os.getpid() != _state.pid:
+        return False
+    if _state.sent:
+        return True
+    g = _guard()
+    if g is None:
+        return False
+    try:
+        with _state.lock:
+            if _state.sent:
+                return True
+            reason = g.check("pre_task", task=task, can_recycle=_state.target != 0)
+            if reason is None:
+                return False
+            _state.sent = True
+        if _state.action is not None:
+            _state.action()
+        else:
+            os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
+        return True
+    except Exception as exc:
+        g.fail(exc)
+        return False
+
+
 def _after_task(span, task: str) -> None:
     """A task span ends: recycle this process if the guard says so. Never raises."""
     if _state.sent or os.getpid() != _state.pid:

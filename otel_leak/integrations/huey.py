@@ -15,7 +15,9 @@ Processes: ``huey_consumer -k process`` forks its workers (and its scheduler); e
 writes its own report. They leave through ``os._exit`` (``multiprocessing``): no ``atexit``, so the wrapped
 ``huey.consumer.Worker.shutdown`` exports what the process has and writes its final report there.
 
-The memory-budget guard (when on) recycles with Huey's own mechanisms, between tasks. Worker processes
+The memory-budget guard (when on) recycles with Huey's own mechanisms, between tasks; a process already over
+the hard budget when a task reaches it puts the task back in the queue (``Huey.enqueue``, for another
+process) instead of running it, and recycles the same way. Worker processes
 (``-k process``): the process over its budget leaves after its task the way ``--max-tasks`` makes it leave
 (``WorkerRecycle``), and the consumer starts another at its next health check (``--health-check-interval``,
 10 s by default; the check must stay on). Thread and greenlet workers share the consumer's process, so the
@@ -36,6 +38,7 @@ from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_pro
 SYSTEM = "huey"
 _jobs: dict[int, list] = {}  # id(task) -> [Job, exception from a signal]: only while the task executes
 _recycle = [0]  # the pid of a worker process the guard recycles (its worker loop leaves after the task)
+_guard_armed = [0]  # the pid the guard is armed in (its worker loops check the hard budget before a dequeue)
 
 
 def _start(huey, task) -> list | None:
@@ -61,11 +64,22 @@ def _guard_on() -> bool:
     return getattr(runtime_part("guard"), "mode", "off") != "off"
 
 
+def _refuse(huey, task) -> bool:
+    """The guard's check before a task (the hard budget only, on a reading taken now). Never raises."""
+    try:
+        from otel_leak import guard_signal
+
+        return guard_signal.refuse_task(huey._registry.task_to_string(type(task)))
+    except Exception:
+        return False
+
+
 def _arm(where: str, **kw) -> None:
     try:
         from otel_leak import guard_signal
 
-        guard_signal.arm(where=where, **kw)
+        if guard_signal.arm(where=where, **kw):
+            _guard_armed[0] = os.getpid()
     except Exception as exc:
         warn_once("guard:huey", "otel-leak: the memory-budget guard cannot arm in a Huey consumer (%s: %s)",
                   type(exc).__name__, exc)
@@ -102,6 +116,9 @@ class HueyInstrumentor(FrameworkInstrumentor):
         execute, emit, shutdown = Huey.__dict__["_execute"], Huey.__dict__["_emit"], Worker.__dict__["shutdown"]
 
         def _execute(self, task, timestamp):
+            if _guard_armed[0] and _guard_armed[0] == os.getpid() and _refuse(self, task):
+                self.enqueue(task)  # over the hard budget before it starts: back to the queue, for another process
+                return None
             entry = _start(self, task)
             if entry is None:
                 return execute(self, task, timestamp)
