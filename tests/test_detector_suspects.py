@@ -56,6 +56,18 @@ def test_a_tier1_suspect_tier2_saw_too_little_of_stands_when_tier2_names_nobody(
     assert out[0]["source"] == "tier1"
 
 
+def test_a_rare_tier1_suspect_tier2_hardly_saw_is_not_cleared_by_others_tier2_names():
+    # a rare task type (one call in tier 2's 90-task window, and only some of its calls leak) retains most of
+    # the growth in tier 1; tier 2 finds small significant retention in frequent types it saw 30 times each
+    t1 = [strong("parse", per_call=96 * 1024, share=0.9)]
+    res = tier2(strong("audit", per_call=640.0, share=0.2, confidence=0.7),
+                strong("index", per_call=470.0, share=0.17, confidence=0.66),
+                calls={"audit": 30, "index": 30, "parse": 1})
+    out, vetoed, _ = SU.merge(t1, res, "python_heap", {}, pending=False)
+    assert named(out)[0] == "parse" and vetoed == [], (out, vetoed)
+    assert out[0]["source"] == "tier1"
+
+
 def test_a_regression_that_names_nobody_does_not_clear_a_strong_tier1_suspect():
     # an event loop's overlapping requests: tier 2's regression over a 4 s window put an insignificant
     # coefficient on the wrong route and none on the leaking one (uvicorn, two workers, CI)

@@ -98,7 +98,9 @@ def merge(t1_attr, res, kind: str | None, counts: dict, pending: bool,
             a2 = all2.get(k)
             contradicted = decisive and seen_calls.get(k, 0) >= CONTRADICT_CALLS and (
                 a2 is None or a2.bytes_per_call < CONTRADICT_SHARE * sig1[k].bytes_per_call)
-            if contradicted or sig2:
+            # Tier 2 speaks only for the types it saw: a rare type (a few calls in a 90-task window, none
+            # of them leaking when only some inputs leak) is not cleared because tier 2 named others.
+            if contradicted or (sig2 and seen_calls.get(k, 0) >= CONTRADICT_CALLS):
                 vetoed.append(k)
             else:
                 chosen[k] = None  # tier 2 saw too few of its calls to say either way
