@@ -92,6 +92,7 @@ class OtelLeakRun:
     def __init__(self, tmp_path: Path, command: list[str], cwd: Path = ROOT, env: dict | None = None,
                  html: bool = False, otel_leak: str = OTEL_LEAK, base_env: dict | None = None) -> None:
         self.dir = Path(tmp_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = self.dir / "procs"
         self.report_path = self.dir / "report.json"
         self.html_path = self.dir / "report.html" if html else None

@@ -15,7 +15,9 @@ built meanwhile.
 The memory-budget guard (when on) stops a worker over its budget the way arq stops on a signal when told to
 wait for its jobs (``job_completion_wait``): after a job's span ends it stops taking jobs, lets the running
 ones finish (up to the worker's job timeout, after which arq would cancel them anyway) and exits; its
-supervisor starts it again, as for any arq worker that stops.
+supervisor starts it again, as for any arq worker that stops. A job that reaches a worker already over the
+hard budget does not start: it raises arq's ``Retry`` (one of its tries; never on its last) and runs again
+a second later on another worker.
 
 Caveats: the span covers the job's coroutine only: arq's own Redis reads and result write, and the
 ``on_job_start``/``on_job_end`` hooks, run outside it (in arq's ``run_job`` task). A job cancelled by its
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import weakref
 from typing import Any
 
@@ -34,15 +37,31 @@ from otel_leak.integrations._base import FrameworkInstrumentor, Job, run_job_asy
 
 SYSTEM = "arq"
 _ORIGINAL = "_otel_leak_original"  # on a wrapping coroutine: the Function/CronJob it was made from
+_armed = [0]  # the pid the guard is armed in (its jobs check the hard budget before they start)
 
 
-def _wrap(function: Any, name: str, queue: str) -> Any:
+def _refuse(name: str) -> bool:
+    """The guard's check before a job (the hard budget, on a reading taken now), in the armed process."""
+    try:
+        from otel_leak import guard_signal
+
+        return _armed[0] == os.getpid() and guard_signal.refuse_task(name)
+    except Exception:
+        return False
+
+
+def _wrap(function: Any, name: str, queue: str, max_tries: int = 5) -> Any:
     """A copy of arq's ``Function``/``CronJob`` whose coroutine runs the original inside the job's span."""
     coroutine = function.coroutine
+    tries = getattr(function, "max_tries", None) or max_tries
 
     @functools.wraps(coroutine)
     async def run(ctx, *args, **kwargs):
         job_id = ctx.get("job_id") if isinstance(ctx, dict) else None
+        if _armed[0] and isinstance(ctx, dict) and ctx.get("job_try", tries) < tries and _refuse(name):
+            from arq.worker import Retry
+
+            raise Retry(defer=1)  # over the hard budget before it starts: arq runs it again, elsewhere
         return await run_job_async(coroutine, (ctx, *args), kwargs, Job(name, SYSTEM, queue, job_id))
 
     setattr(run, _ORIGINAL, function)
@@ -67,8 +86,9 @@ def _arm_guard(worker: Any) -> None:
         from otel_leak import guard_signal
 
         can = hasattr(worker, "handle_sig_wait_for_completion") and hasattr(worker, "_job_completion_wait")
-        guard_signal.arm(where="this arq worker", target=None if can else 0,
-                         action=lambda: _stop_when_done(worker))
+        if guard_signal.arm(where="this arq worker", target=None if can else 0,
+                            action=lambda: _stop_when_done(worker)) and can:
+            _armed[0] = os.getpid()
     except Exception as exc:
         warn_once("guard:arq", "otel-leak: the memory-budget guard cannot arm in an arq worker (%s: %s)",
                   type(exc).__name__, exc)
@@ -80,7 +100,8 @@ def _instrument_worker(worker: Any, workers: weakref.WeakSet) -> None:
         queue = str(worker.queue_name)
         functions = worker.functions
         new = {
-            key: f if getattr(f.coroutine, _ORIGINAL, None) is not None else _wrap(f, key, queue)
+            key: f if getattr(f.coroutine, _ORIGINAL, None) is not None
+            else _wrap(f, key, queue, getattr(worker, "max_tries", 5) or 5)
             for key, f in functions.items()
         }
         functions.update(new)  # all built first: a failure above leaves the worker as arq made it
