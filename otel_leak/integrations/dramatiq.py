@@ -20,7 +20,9 @@ the middleware's ``after_worker_shutdown`` exports what the process has and writ
 The memory-budget guard (when on) recycles the worker processes of a ``dramatiq`` command with the command's
 own reload: SIGHUP to it, after a message, from the process over its budget. The command then stops every
 worker process gracefully (each finishes the messages in hand; the broker keeps the others) and starts
-itself again, same pid, same arguments (:mod:`otel_leak.guard_signal`). Dramatiq cannot replace one worker
+itself again, same pid, same arguments (:mod:`otel_leak.guard_signal`). A message that reaches a process
+already over the hard budget does not start: the same message goes back to its queue and this delivery
+is skipped (``SkipMessage``), so another process runs it. Dramatiq cannot replace one worker
 process alone: when one exits, the command stops them all. A ``Worker`` run in a process of its own making
 has no such path: the guard only records what it would do there (``unsupported``).
 
@@ -53,6 +55,11 @@ def _middleware_class():
         """otel-leak's task spans (added by :class:`DramatiqInstrumentor`; may also be added by hand)."""
 
         def before_process_message(self, broker, message):
+            if _guard_armed[0] and _refuse(broker, message):
+                from dramatiq.middleware import SkipMessage
+
+                raise SkipMessage("otel-leak: this process is over its hard memory budget; the message is back "
+                                  "in its queue")
             try:
                 job = Job(message.actor_name, SYSTEM, message.queue_name, message.message_id)
                 vars(message)[_ATTR] = job.start()
@@ -84,6 +91,24 @@ def _end(message, exception) -> None:
         job.end(exception)
 
 
+_guard_armed = [0]  # the pid the guard is armed in (its messages check the hard budget before they start)
+
+
+def _refuse(broker, message) -> bool:
+    """Before a message, in the armed process: over the hard budget (a reading taken now), the message goes
+    back to its queue unprocessed (the same message, id and options) and this one is skipped. Never raises."""
+    try:
+        from otel_leak import guard_signal
+
+        if _guard_armed[0] != os.getpid() or not guard_signal.refuse_task(message.actor_name):
+            return False
+        broker.enqueue(getattr(message, "_message", message))
+        return True
+    except Exception as exc:
+        warn_once("guard:dramatiq-requeue", "otel-leak: could not hand a message back (%s: %s)", type(exc).__name__, exc)
+        return False
+
+
 def _command_pid() -> int:
     """The ``dramatiq`` command's pid when this process is one of its worker processes, else 0."""
     import multiprocessing
@@ -101,7 +126,9 @@ def _arm_guard() -> None:
     try:
         from otel_leak import guard_signal
 
-        guard_signal.arm(getattr(signal, "SIGHUP", signal.SIGTERM), "this Dramatiq worker", target=_command_pid())
+        target = _command_pid()
+        if guard_signal.arm(getattr(signal, "SIGHUP", signal.SIGTERM), "this Dramatiq worker", target=target) and target:
+            _guard_armed[0] = os.getpid()
     except Exception as exc:
         warn_once("guard:dramatiq", "otel-leak: the memory-budget guard cannot arm in a Dramatiq worker (%s: %s)",
                   type(exc).__name__, exc)
