@@ -287,6 +287,21 @@ def test_detector_declares_sets_suspects_and_writes_a_valid_report(tmp_path, cap
     det.stop()
 
 
+def test_no_periodic_write_replaces_the_final_report(tmp_path):
+    # at exit the final report is written from the exiting thread while the sampler's thread may be in
+    # the middle of a tick whose periodic write would land after it (gunicorn workers, REPORT_INTERVAL 0.5)
+    det, sampler, stats = make_detector(tmp_path, OTEL_PYTHON_LEAK_REPORT_INTERVAL="0")
+    samples = list(stream(seconds=20))
+    for s in samples[:10]:
+        sampler.feed(s)
+    path = det.write_report(final=True)
+    for s in samples[10:]:
+        sampler.feed(s)  # each tick is due for a periodic write (interval 0)
+    assert det.write_report() is None
+    assert json.load(open(path))["final"] is True
+    det.stop()
+
+
 def test_benign_detector_run_reports_no_leak(tmp_path):
     det, sampler, stats = make_detector(tmp_path)
     for s in stream(**BENIGN["warm-up that levels off"]):

@@ -127,6 +127,7 @@ class Detector:
         self.recent_rss: collections.deque[int] = collections.deque(maxlen=5)
         self.events: collections.deque[dict] = collections.deque(maxlen=MAX_EVENTS)
         self.error: str | None = None
+        self._final_written = False
         self.verdict = "inconclusive"
         self.detected_at_s: float | None = None
         self.detected_at_tasks: int | None = None
@@ -454,7 +455,15 @@ class Detector:
             return outputs.build_report(self, final)
 
     def write_report(self, final: bool = False) -> str | None:
-        return outputs.write_report(self, final)
+        """The process file; once the final one is written, no periodic write (the sampler's or tier 2's
+        thread, mid-write as the process exits) may replace it."""
+        with self._lock:
+            if self._final_written and not final:
+                return None
+            path = outputs.write_report(self, final)
+            if final and path is not None:
+                self._final_written = True
+            return path
 
     def _at_exit(self) -> None:
         try:
