@@ -7,7 +7,7 @@ exit). Used by :mod:`otel_leak.guard_gunicorn` and the RQ, Dramatiq and Huey int
 
 :func:`arm` sets, in the process that serves tasks, the span processor's ``after_task`` hook: as each task
 span ends the guard is asked (:meth:`otel_leak.guard.Guard.check`, ``post_task``), and on recycle the signal
-is sent once. The framework's handler does the rest. Where no graceful path exists (``target=False``), the
+is sent once. The framework's handler does the rest. Where no graceful path exists (``target=0``), the
 guard still records what it would do (``unsupported``). Never raises into the worker.
 """
 
@@ -67,7 +67,8 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | Non
 def refuse_task(task: str | None = None) -> bool:
     """Before a worker takes its next task, in a process armed here: whether the hard budget is already
     crossed (the guard then recycles as after a task, once) and the task must be left for another process.
-    For frameworks whose loop can leave a task in the queue (Huey). Never raises."""
+    For frameworks that can hand a task back (Huey re-enqueues it, arq retries it, Dramatiq re-enqueues the
+    message). Never raises."""
     if os.getpid() != _state.pid:
         return False
     if _state.sent:

@@ -38,7 +38,7 @@ from otel_leak.integrations._base import FrameworkInstrumentor, Job, leaving_pro
 SYSTEM = "huey"
 _jobs: dict[int, list] = {}  # id(task) -> [Job, exception from a signal]: only while the task executes
 _recycle = [0]  # the pid of a worker process the guard recycles (its worker loop leaves after the task)
-_guard_armed = [0]  # the pid the guard is armed in (its worker loops check the hard budget before a dequeue)
+_guard_armed = [0]  # the pid the guard is armed in (each task there checks the hard budget before it runs)
 
 
 def _start(huey, task) -> list | None:
