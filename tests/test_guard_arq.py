@@ -30,6 +30,18 @@ HARD = 110 * 1024 * 1024
 JOBS = 3000  # 3000 x 64 KiB: ~190 MiB, more than the budget leaves
 
 
+def _results(url: str, ids: list[str]) -> list:
+    """arq's result record of each job (None: no result)."""
+
+    async def main():
+        pool = await create_pool(RedisSettings.from_dsn(url))
+        out = [await Job(i, pool).result_info() for i in ids]
+        await pool.aclose()
+        return out
+
+    return asyncio.run(main())
+
+
 def test_an_arq_worker_over_its_hard_budget_stops_after_its_running_jobs_and_none_is_lost(redis_url, tmp_path):
     url = _url(redis_url)
     _flush(url)
@@ -66,13 +78,7 @@ def test_an_arq_worker_over_its_hard_budget_stops_after_its_running_jobs_and_non
     (doc2,) = [d for d in second.process_files().values() if d["tasks_observed"]]
     assert first + doc2["task_counts"][LEAKY] == JOBS, (first, doc2["task_counts"])  # one span per job run
 
-    async def results():
-        pool = await create_pool(RedisSettings.from_dsn(url))
-        out = [await Job(i, pool).result_info() for i in ids]
-        await pool.aclose()
-        return out
-
-    infos = asyncio.run(results())
+    infos = _results(url, ids)
     assert all(r is not None and r.success for r in infos), sum(r is None for r in infos)  # none lost
     assert {r.job_try for r in infos} <= {1, 2}  # a try: a job refused before it started (Retry)
     assert len({r.result for r in infos}) == 2  # the pids of the two workers
@@ -112,13 +118,7 @@ def test_a_job_reaching_an_arq_worker_over_the_hard_budget_does_not_start_and_ru
                             env={**os.environ, "REDIS_URL": url}, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
 
-    async def results():
-        pool = await create_pool(RedisSettings.from_dsn(url))
-        out = [await Job(i, pool).result_info() for i in ids]
-        await pool.aclose()
-        return out
-
-    infos = asyncio.run(results())
+    infos = _results(url, ids)
     assert all(r is not None and r.success for r in infos)
     tries = sorted(r.job_try for r in infos)
     assert tries[-1] == 2 and set(tries) <= {1, 2}, tries  # the refused ones (none started) ran again, once
