@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import mmap
 import os
 import time
 
@@ -33,7 +34,10 @@ def test_forked_child_reads_its_own_memory_not_the_parents():
     pid = os.fork()
     if pid == 0:  # child: grow by 128 MiB, report what the probe reads and what the kernel says
         try:
-            ballast = bytearray(128 * 1024 * 1024)
+            # a fresh mapping, every page touched: new resident pages whatever free heap the parent held
+            ballast = mmap.mmap(-1, 128 * 1024 * 1024)
+            for off in range(0, len(ballast), mmap.PAGESIZE):
+                ballast[off] = 1
             # recent_rss first: the parent's latest reading must not count as the child's
             os.write(w, f"{probe.recent_rss(3600.0)} {_vmrss()} {len(ballast)}".encode())
         finally:

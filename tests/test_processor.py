@@ -138,15 +138,17 @@ def test_task_identity_cardinality_is_capped(monkeypatch):
 
 
 def test_growth_and_release_histograms_carry_exemplars_of_the_task_trace(env):
-    keep = []
-    # 40 MiB: above glibc's largest dynamic mmap threshold (32 MiB), so free() returns it to the OS.
+    # A fresh anonymous mapping, every page touched, then unmapped: the kernel adds and removes its
+    # pages whatever the allocator holds. (A 40 MiB bytearray was served from free heap an earlier test
+    # left resident, once in a while: the span grew 0 bytes.)
+    region = mmap.mmap(-1, 40 * 1024 * 1024)
     with env.tracer.start_as_current_span("grow", kind=SpanKind.CONSUMER):
-        keep.append(bytearray(40 * 1024 * 1024))
+        for off in range(0, len(region), mmap.PAGESIZE):
+            region[off] = 1
     with env.tracer.start_as_current_span("shrink", kind=SpanKind.CONSUMER):
-        keep.clear()
+        region.close()
     spans = env.spans()
     collected = env.collect()
-    # (failed twice in one fresh-clone CI run, never since: say what the spans carried when it does)
     assert names.TASK_MEMORY_GROWTH.name in collected, (
         {k: dict(v.attributes) for k, v in spans.items()}, env.processor.measured_share, sorted(collected))
     growth = collected[names.TASK_MEMORY_GROWTH.name]
