@@ -37,6 +37,7 @@ def test_a_dramatiq_command_over_its_hard_budget_reloads_and_no_message_is_lost(
             _send(client, LEAKY, 100)
             time.sleep(0.1)
         client.join("default", timeout=240_000)  # every message processed and acknowledged, across the reload
+        _reloaded(run)
         assert run.proc.poll() is None, run.log()[-3000:]  # the command reloaded itself, it did not exit
         assert run.stop() == 0, run.log()[-3000:]
     finally:
@@ -60,3 +61,17 @@ def test_a_worker_outside_the_dramatiq_command_has_no_graceful_recycle():
     from otel_leak.integrations import dramatiq as integration
 
     assert integration._command_pid() == 0  # pytest's process: the guard records "unsupported" here
+
+
+def _reloaded(run: OtelLeakRun, processes: int = 2, timeout: float = 60) -> None:
+    """Wait until a reload the guard started has finished: the command's worker processes all ready after
+    the last shutdown. (The command reloads by exec: a SIGTERM that lands before the new command has
+    installed its handlers kills it with 143; the stop that follows must not race a reload.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = run.log()
+        last_down = text.rfind("Worker has been shut down")
+        if text.count("Worker process is ready for action", max(0, last_down)) >= processes:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the Dramatiq command did not finish its reload: " + run.log()[-2000:])

@@ -35,7 +35,11 @@ def test_a_taskiq_worker_process_over_its_hard_budget_stops_gracefully_and_is_re
             await c.pids(await c.send([HEALTHY[1]]), timeout=90)  # the workers serve
             pids = set()
             for _ in range(TASKS // 100):
-                pids |= await c.pids(await c.send([LEAKY] * 100), timeout=120)  # every result arrives
+                try:
+                    pids |= await c.pids(await c.send([LEAKY] * 100), timeout=120)  # every result arrives
+                except Exception as exc:
+                    raise AssertionError(f"{type(exc).__name__}: {exc}; {await _stream_state(url)}\n"
+                                         + run.log()[-3000:]) from exc
             return pids
 
     try:
@@ -54,3 +58,13 @@ def test_a_taskiq_worker_process_over_its_hard_budget_stops_gracefully_and_is_re
     assert "recycling the process (hard_budget" in out
     merged = json.loads(run.report_path.read_text())
     assert sum((p.get("guard") or {}).get("recycles", 0) for p in merged["processes"]) == len(recycled)
+
+
+async def _stream_state(url: str) -> dict:
+    """Where the stream's messages are when a result is late: pending per consumer, the autoclaim lock."""
+    from redis.asyncio import Redis
+
+    async with Redis.from_url(url) as r:
+        return {"pending": await r.xpending("taskiq", "taskiq"),
+                "consumers": await r.xinfo_consumers("taskiq", "taskiq"),
+                "locks": {k: await r.get(k) for k in await r.keys("autoclaim:*")}}
