@@ -64,33 +64,56 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | Non
         return False
 
 
-def refuse_task(task: str | None = None) -> bool:
+def refuse_task(task: str | None = None, hand_back=None) -> bool:
     """Before a worker takes its next task, in a process armed here: whether the hard budget is already
     crossed (the guard then recycles as after a task, once) and the task must be left for another process.
     For frameworks that can hand a task back (Huey re-enqueues it, arq retries it, Dramatiq re-enqueues the
-    message). Never raises."""
+    message). ``hand_back()``, when given, puts the task back *before* the recycle signal is sent (where
+    the framework's signal handler raises, as RQ's does between jobs); if it fails, the task runs here
+    after all (False), the recycle still starts. Raises only what the framework's own signal handler raises
+    on a signal to this process (its way to stop), never an error of otel-leak's."""
     if os.getpid() != _state.pid:
         return False
-    if _state.sent:
-        return True
     g = _guard()
-    if g is None:
-        return False
-    try:
-        with _state.lock:
-            if _state.sent:
-                return True
-            reason = g.check("pre_task", task=task, can_recycle=_state.target != 0)
-            if reason is None:
+    if not _state.sent:
+        if g is None:
+            return False
+        try:
+            with _state.lock:
+                decided = not _state.sent and g.check("pre_task", task=task,
+                                                      can_recycle=_state.target != 0) is not None
+                if decided:
+                    _state.sent = True
+            if not decided and not _state.sent:
                 return False
-            _state.sent = True
+        except Exception as exc:
+            g.fail(exc)
+            return False
+    else:
+        decided = False
+    handed = _hand_back(hand_back)
+    if decided:
         if _state.action is not None:
-            _state.action()
+            try:
+                _state.action()
+            except Exception as exc:
+                g.fail(exc)
         else:
-            os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
+            try:  # what the framework's own handler raises here (RQ between jobs: StopRequested) is its stop
+                os.kill(os.getpid() if _state.target is None else _state.target, _state.sig)
+            except OSError as exc:
+                g.fail(exc)
+    return handed
+
+
+def _hand_back(hand_back) -> bool:
+    if hand_back is None:
         return True
-    except Exception as exc:
-        g.fail(exc)
+    try:
+        hand_back()
+        return True
+    except Exception as exc:  # the task runs here rather than be lost
+        _log.warning("otel-leak: the guard could not hand a task back, it runs here (%s: %s)", type(exc).__name__, exc)
         return False
 
 

@@ -104,8 +104,9 @@ class OtelLeakRun:
         if self.html_path:
             args += ["--html", str(self.html_path)]
         self._log = open(self.log_path, "w")
+        # a session of its own: close() can kill what it started, also a worker otel-leak run left behind
         self.proc = subprocess.Popen(args + ["--", *command], cwd=cwd, env=e, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def process_files(self) -> dict[int, dict]:
         return process_files(self.procs)
@@ -127,8 +128,13 @@ class OtelLeakRun:
             self.close()
 
     def close(self) -> None:
+        """Everything the run started is gone: ``otel-leak run`` and any worker process still in its group
+        (a failed test must not leave a worker serving the next test's Redis database)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.proc.poll() is None:
-            self.proc.kill()
             self.proc.wait(30)
         self._log.close()
 

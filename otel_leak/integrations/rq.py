@@ -13,7 +13,8 @@ Its parent is the trace context in ``job.meta``, put there when a job is created
 
 The memory-budget guard (when on) recycles a process that runs jobs itself (``SimpleWorker``, a pool's
 workers) by RQ's warm shutdown, SIGTERM to itself after a job (:mod:`otel_leak.guard_signal`); a work horse
-needs none: it exits after its one job.
+needs none: it exits after its one job. A ``SimpleWorker`` already over the hard budget when it dequeues a
+job puts the job back at the front of its queue and stops the same way, without running it.
 
 Caveats: a horse waits (a bounded time: ``flush_providers``) for its export before it exits, the job's
 result stored by then; a horse's metric points carry its own ``process.pid``.
@@ -97,18 +98,54 @@ def _perform_job(original):
     return perform_job
 
 
-def _arm_guard() -> None:
+def _execute_job(original):
+    """``SimpleWorker.execute_job``: the guard's check before a job (the hard budget, on a reading taken
+    now). Over it, the job goes back to the front of its queue for another worker, and the worker stops
+    with RQ's warm shutdown; the job is put back first (RQ's SIGTERM handler raises between jobs)."""
+
+    @functools.wraps(original)
+    def execute_job(self, job, queue, *args, **kwargs):
+        if _arm_guard():
+            from otel_leak import guard_signal
+
+            # RQ's StopRequested, from its SIGTERM handler once the job is back in the queue, goes through
+            if guard_signal.refuse_task(_name(job), hand_back=lambda: _requeue(job, queue)):
+                return None
+        return original(self, job, queue, *args, **kwargs)
+
+    return execute_job
+
+
+def _name(job: Any) -> str:
+    try:
+        return str(job.func_name or "rq.job")
+    except Exception:  # a job whose function cannot be resolved: RQ reports that when it runs
+        return "rq.job"
+
+
+def _requeue(job: Any, queue: Any) -> None:
+    """The dequeued job back at the front of its queue, then out of RQ's intermediate list (RQ >= 2.1 keeps
+    a dequeued job there until it starts): at worst twice in the queue, never lost."""
+    queue.enqueue_job(job, at_front=True)
+    key = getattr(queue, "intermediate_queue_key", None)
+    if key:
+        queue.connection.lrem(key, 1, job.id)
+
+
+def _arm_guard() -> bool:
+    """In a worker that runs jobs itself: recycle with RQ's warm shutdown. Whether the guard is armed."""
     if getattr(_runtime("guard"), "mode", "off") == "off":
-        return
+        return False
     try:
         import signal
 
         from otel_leak import guard_signal
 
-        guard_signal.arm(signal.SIGTERM, "this RQ worker")
+        return guard_signal.arm(signal.SIGTERM, "this RQ worker")
     except Exception as exc:
         warn_once("guard:rq", "otel-leak: the memory-budget guard cannot arm in an RQ worker (%s: %s)",
                   type(exc).__name__, exc)
+        return False
 
 
 def _quiet_fork(original):
@@ -214,6 +251,9 @@ class RQInstrumentor(FrameworkInstrumentor):
             (rq.worker_pool, "run_worker", _run_worker),
             (_owner(rq.worker_pool.WorkerPool, "start_worker"), "start_worker", _quiet_fork),
         ]
+        simple = getattr(rq.worker, "SimpleWorker", None)
+        if simple is not None and "execute_job" in vars(simple):
+            targets.append((simple, "execute_job", _execute_job))
         spawn = getattr(rq.worker, "SpawnWorker", None)  # when this version has one
         if spawn is not None and "fork_work_horse" in vars(spawn):
             targets.append((spawn, "fork_work_horse", _spawn_work_horse))

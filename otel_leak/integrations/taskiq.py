@@ -23,7 +23,8 @@ manages them. A worker process leaves through ``os._exit`` (multiprocessing), so
 The memory-budget guard (when on) recycles a worker process of ``taskiq worker`` with taskiq's own graceful
 stop: SIGTERM to itself after a task, so it stops fetching, lets the running tasks finish
 (``--wait-tasks-timeout``; none by default: all of them) and leaves; the parent starts another, as for any
-worker process that exits (keep ``--max-fails`` unset, or high enough). A receiver run in a process of
+worker process that exits (keep ``--max-fails`` unset, or high enough). A worker process already over the
+hard budget when a message reaches it sends the message back to the broker without running it, and stops. A receiver run in a process of
 another making gets no recycle: the guard only records what it would do (``unsupported``).
 
 Caveats: with ``--use-process-pool`` a sync task runs in a pool process, and its span measures the worker
@@ -35,6 +36,7 @@ object per operation): docs/frameworks/taskiq.md.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 from typing import Any
@@ -100,6 +102,13 @@ class TaskiqInstrumentor(FrameworkInstrumentor):
         from taskiq.receiver import Receiver
 
         run_task, listen = Receiver.__dict__["run_task"], Receiver.__dict__["listen"]
+        callback = Receiver.__dict__["callback"]
+
+        @functools.wraps(callback)
+        async def guarded_callback(receiver, message, *args, **kw):
+            if _guard_armed[0] == os.getpid() and await _handed_back(receiver, message):
+                return None
+            return await callback(receiver, message, *args, **kw)
 
         @functools.wraps(run_task)
         async def traced_run_task(receiver, target, message, *args, **kw):
@@ -126,15 +135,49 @@ class TaskiqInstrumentor(FrameworkInstrumentor):
             finally:
                 _flush_if_child()
 
-        self._originals = {"run_task": run_task, "listen": listen}
+        self._originals = {"run_task": run_task, "listen": listen, "callback": callback}
         Receiver.run_task = traced_run_task
         Receiver.listen = flushing_listen
+        Receiver.callback = guarded_callback
 
     def _unpatch(self, **kwargs) -> None:
         from taskiq.receiver import Receiver
 
         for name, original in self._originals.items():
             setattr(Receiver, name, original)
+
+
+_guard_armed = [0]  # the pid the guard recycles in (each message there checks the hard budget first)
+
+
+async def _handed_back(receiver: Any, message: Any) -> bool:
+    """The guard's check before a message runs (the hard budget, on a reading taken now). Over it, the
+    message goes back to the broker (a new copy kicked, then this one acknowledged) and the process stops
+    with taskiq's graceful stop, like after a task; if the copy cannot be sent, the message runs here.
+    Never raises."""
+    try:
+        from taskiq import AckableMessage, BrokerMessage
+        from taskiq.utils import maybe_awaitable
+
+        from otel_leak import guard_signal
+
+        data = message.data if isinstance(message, AckableMessage) else message
+        parsed = receiver.broker.formatter.loads(message=data)  # the task's name, for the guard's record
+        if not guard_signal.refuse_task(parsed.task_name):
+            return False
+        await receiver.broker.kick(BrokerMessage(task_id=parsed.task_id, task_name=parsed.task_name,
+                                                 message=data, labels=parsed.labels))
+    except Exception as exc:
+        warn_once("guard:taskiq-requeue", "otel-leak: could not hand a taskiq message back, it runs here (%s: %s)",
+                  type(exc).__name__, exc)
+        return False
+    try:
+        if isinstance(message, AckableMessage):
+            await maybe_awaitable(message.ack())
+    except Exception as exc:  # the copy is queued: at worst the message runs twice, never not at all
+        warn_once("guard:taskiq-ack", "otel-leak: a handed-back taskiq message was not acknowledged (%s: %s)",
+                  type(exc).__name__, exc)
+    return True
 
 
 def _arm_guard() -> None:
@@ -145,7 +188,8 @@ def _arm_guard() -> None:
         from otel_leak import guard_signal
 
         graceful = getattr(signal.getsignal(signal.SIGTERM), "__module__", None) == "taskiq.cli.worker.run"
-        guard_signal.arm(signal.SIGTERM, "this taskiq worker", target=None if graceful else 0)
+        if guard_signal.arm(signal.SIGTERM, "this taskiq worker", target=None if graceful else 0) and graceful:
+            _guard_armed[0] = os.getpid()
     except Exception as exc:
         warn_once("guard:taskiq", "otel-leak: the memory-budget guard cannot arm in a taskiq worker (%s: %s)",
                   type(exc).__name__, exc)
