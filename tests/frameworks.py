@@ -180,3 +180,21 @@ def sdk_env(monkeypatch, instrumentor=None):
         if instrumentor is not None:
             instrumentor.uninstrument()
         e.close()
+
+
+def refused_then_served(docs, task: str, pids: set, refusals: int = 2) -> dict:
+    """The process files of a run whose processes start over the hard budget, with the hourly limit at
+    ``refusals``: that many processes left before running any task (one entry each: recycled before
+    ``task``, over the hard budget, and no task of theirs returned a pid), then one served them all (its
+    file is returned)."""
+    docs = list(docs)
+    refused = [d for d in docs if any(e["outcome"] == "recycled" for e in (d.get("guard") or {}).get("entries", []))]
+    assert len(refused) == refusals, [d.get("guard") for d in docs]
+    for d in refused:
+        (e,) = [e for e in d["guard"]["entries"] if e["outcome"] == "recycled"]
+        assert (e["when"], e["reason"], e["task"]) == ("pre_task", "hard_budget", task), e
+        assert d["tasks_observed"] == 0 and d["pid"] not in pids, d
+    (served,) = [d for d in docs if d.get("tasks_observed")]
+    assert pids == {served["pid"]}
+    assert any(e["outcome"] == "rate_limited" for e in served["guard"]["entries"]), served["guard"]
+    return served

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import ROOT
-from tests.frameworks import OtelLeakRun
+from tests.frameworks import OtelLeakRun, refused_then_served
 from tests.test_fw_huey import APP_DIR, LEAKY, LIGHT, _client, _consumer, _db, _send
 
 HARD = 110 * 1024 * 1024
@@ -97,13 +97,5 @@ def test_a_huey_worker_process_over_the_hard_budget_before_a_task_puts_it_back_u
         assert run.stop() == 0, run.log()[-3000:]
     finally:
         run.close()
-    docs = run.process_files().values()
-    refused = [d for d in docs if any(e["outcome"] == "recycled" for e in (d.get("guard") or {}).get("entries", []))]
-    assert len(refused) == 2, [d.get("guard") for d in docs]
-    for d in refused:  # left before any task: the one entry says before a task, over the hard budget
-        (e,) = [e for e in d["guard"]["entries"] if e["outcome"] == "recycled"]
-        assert (e["when"], e["reason"], e["task"]) == ("pre_task", "hard_budget", "guard_huey_app.work"), e
-        assert d["tasks_observed"] == 0 and d["pid"] not in pids, d
-    (served,) = [d for d in docs if d.get("tasks_observed")]
-    assert served["tasks_observed"] == 20 and pids == {served["pid"]}  # each task once, all in the third process
-    assert any(e["outcome"] == "rate_limited" for e in served["guard"]["entries"]), served["guard"]
+    served = refused_then_served(run.process_files().values(), "guard_huey_app.work", pids)
+    assert served["tasks_observed"] == 20  # each task once, all in the third process
