@@ -184,7 +184,8 @@ class Guard:
     def check(self, when: str, task: str | None = None, span=None, can_recycle: bool = True,
               state: State | None = None) -> str | None:
         """Before (``pre_task``) or after (``post_task``) a task: the reason to recycle this process now, or
-        None. In dry-run always None. Never raises."""
+        None. In dry-run always None. ``task``: its name, or a callable returning it (called only when a
+        decision is recorded: a framework whose name costs a parse pays it only then). Never raises."""
         if self.mode == "off" or self.disabled:
             return None
         try:
@@ -234,6 +235,8 @@ class Guard:
             entry["repeats"] += 1
             entry["last_unix"] = round(now, 3)
             return None
+        if callable(task):
+            task = task()
         entry = {"t_unix": round(now, 3), "last_unix": round(now, 3), "repeats": 0, "mode": self.mode,
                  "when": when, "reason": d.reason, "outcome": outcome, "task": task, "floor_bytes": d.floor,
                  "budget_bytes": d.budget, "hard_budget_bytes": b.hard, "limit_bytes": state.limit,

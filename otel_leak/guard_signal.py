@@ -64,33 +64,32 @@ def arm(sig: int = signal.SIGTERM, where: str = "this worker", target: int | Non
         return False
 
 
-def refuse_task(task: str | None = None, hand_back=None) -> bool:
+def refuse_task(task=None, hand_back=None) -> bool:
     """Before a worker takes its next task, in a process armed here: whether the hard budget is already
     crossed (the guard then recycles as after a task, once) and the task must be left for another process.
     For frameworks that can hand a task back (Huey re-enqueues it, arq retries it, Dramatiq re-enqueues the
-    message). ``hand_back()``, when given, puts the task back *before* the recycle signal is sent (where
+    message). ``task``: its name, or a callable returning it, called only if a decision is recorded.
+    ``hand_back()``, when given, puts the task back *before* the recycle signal is sent (where
     the framework's signal handler raises, as RQ's does between jobs); if it fails, the task runs here
     after all (False), the recycle still starts. Raises only what the framework's own signal handler raises
     on a signal to this process (its way to stop), never an error of otel-leak's."""
     if os.getpid() != _state.pid:
         return False
     g = _guard()
+    decided = False
     if not _state.sent:
         if g is None:
             return False
         try:
             with _state.lock:
-                decided = not _state.sent and g.check("pre_task", task=task,
-                                                      can_recycle=_state.target != 0) is not None
-                if decided:
-                    _state.sent = True
-            if not decided and not _state.sent:
-                return False
+                if not _state.sent:
+                    decided = g.check("pre_task", task=task, can_recycle=_state.target != 0) is not None
+                    _state.sent = decided
         except Exception as exc:
             g.fail(exc)
             return False
-    else:
-        decided = False
+        if not _state.sent:
+            return False
     handed = _hand_back(hand_back)
     if decided:
         if _state.action is not None:

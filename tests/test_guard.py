@@ -131,6 +131,20 @@ def test_on_recycles_once_and_records_it_everywhere(tmp_path, caplog):
     assert report["recycles"] == 1 and report["mode"] == "on" and report["entries"][0]["outcome"] == "recycled"
 
 
+def test_a_task_name_given_as_a_callable_is_resolved_only_when_a_decision_is_recorded(tmp_path):
+    g, _ = make_guard(tmp_path)
+    calls = []
+
+    def name():
+        calls.append(1)
+        return "parsed.task"
+
+    assert g.check("pre_task", task=name, state=st(50 * MiB)) is None  # under every budget: nothing recorded
+    assert calls == []
+    assert g.check("pre_task", task=name, state=st(250 * MiB)) == "hard_budget"
+    assert calls == [1] and g.entries[0]["task"] == "parsed.task"
+
+
 def collections_empty():
     import collections
 

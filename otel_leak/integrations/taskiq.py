@@ -24,8 +24,8 @@ The memory-budget guard (when on) recycles a worker process of ``taskiq worker``
 stop: SIGTERM to itself after a task, so it stops fetching, lets the running tasks finish
 (``--wait-tasks-timeout``; none by default: all of them) and leaves; the parent starts another, as for any
 worker process that exits (keep ``--max-fails`` unset, or high enough). A worker process already over the
-hard budget when a message reaches it sends the message back to the broker without running it, and stops. A receiver run in a process of
-another making gets no recycle: the guard only records what it would do (``unsupported``).
+hard budget when a message reaches it sends the message back to the broker without running it, and stops.
+A receiver run in a process of another making gets no recycle: the guard only records what it would do (``unsupported``).
 
 Caveats: with ``--use-process-pool`` a sync task runs in a pool process, and its span measures the worker
 process, not the pool's. A custom ``--receiver`` class whose ``run_task`` does not call taskiq's gets no
@@ -162,11 +162,17 @@ async def _handed_back(receiver: Any, message: Any) -> bool:
         from otel_leak import guard_signal
 
         data = message.data if isinstance(message, AckableMessage) else message
-        parsed = receiver.broker.formatter.loads(message=data)  # the task's name, for the guard's record
-        if not guard_signal.refuse_task(parsed.task_name):
+        parsed = []  # the message is parsed (its name, for the guard's record) only when it goes back
+
+        def name() -> str:
+            parsed.append(receiver.broker.formatter.loads(message=data))
+            return parsed[-1].task_name
+
+        if not guard_signal.refuse_task(name):
             return False
-        await receiver.broker.kick(BrokerMessage(task_id=parsed.task_id, task_name=parsed.task_name,
-                                                 message=data, labels=parsed.labels))
+        msg = parsed[-1] if parsed else receiver.broker.formatter.loads(message=data)
+        await receiver.broker.kick(BrokerMessage(task_id=msg.task_id, task_name=msg.task_name, message=data,
+                                                 labels=msg.labels))
     except Exception as exc:
         warn_once("guard:taskiq-requeue", "otel-leak: could not hand a taskiq message back, it runs here (%s: %s)",
                   type(exc).__name__, exc)
