@@ -233,3 +233,19 @@ def test_what_the_processor_allocates_around_a_task_is_not_a_site_of_the_worker(
     assert T2.is_library(json.decoder.__file__)
     assert not T2._ours([json.decoder.__file__, user, integ])  # the worker's, through the stdlib
     assert T2._ours([lib, os.path.join(pkg, "detector", "tier2.py")])  # the detector's own thread
+
+
+def test_a_leak_declared_before_its_task_stands_out_names_it_later():
+    """Noisy resident memory (2 MiB per sample) and six task types: the trend is clear before the regression
+    over the few hundred tasks at the declaration can single out 'a' (64 KiB per call). As rows accumulate
+    tier 1 attributes again at each window close, names 'a' (and only 'a') and says so in an event."""
+    from tests.test_detector import stream
+
+    samples = stream(seconds=120, rate=40, types=tuple("abcdef"), leak=("a", K64), noise=2 * MiB, seed=7)
+    first = []
+    det, named = run_detector(samples, tier2=False, on_declare=lambda d: first.extend(d.suspects))
+    assert det.verdict == "leak" and first == [], first
+    assert named == {"a"}, named
+    (ev,) = [e for e in det.events if e["kind"] == "reattributed"]
+    assert ev["tasks"] == ["a"]
+    det.stop()

@@ -237,7 +237,8 @@ class Detector:
         t1 = self.tier1
         was = t1.declared
         mi = self._malloc(s.t)
-        if t1.add(s, mi[0] if mi is not None else None):
+        closed = t1.add(s, mi[0] if mi is not None else None)
+        if closed:
             if mi is not None:
                 self._alloc.record(s.t, mi)
             if not t1.declared:
@@ -248,6 +249,8 @@ class Detector:
                 self._start_burst()
         if t1.declared and not was:
             self._declare(s)
+        elif closed and self.verdict == "leak" and not self.suspects and not self._held and not t1.contaminating:
+            self._reattribute()
         if self.verdict != "leak":
             self.verdict = "no_leak" if len(t1.windows) >= t1.min_windows else "inconclusive"
         elif self._held and not self._tier2_pending():
@@ -346,6 +349,17 @@ class Detector:
                     attribution=outputs.attribution_brief(self._t1_attr))
         self._update_suspects()
         outputs.emit_log(self)
+
+    def _reattribute(self) -> None:
+        """A declared leak that names no task yet: tier 1's regression again, over the rows gathered since
+        (at the declaration it had the few hundred tasks the trend needed; the rows keep coming, and a leaker
+        amid large transient allocations or interleaved coroutines needs more of them to stand out). Runs at
+        a window close, over at most MAX_INCREMENTS rows, only while no suspect is named."""
+        self._t1_attr = self.tier1.attribute()
+        self._update_suspects()
+        if self.suspects:
+            self._event("reattributed", tasks=[x["task"] for x in self.suspects],
+                        attribution=outputs.attribution_brief(self._t1_attr))
 
     def _classify(self, res: T2.Tier2Result | None = None) -> None:
         """The allocator trend and the kind of memory that grows, from tier 1 or from a tier-2 window."""
