@@ -126,15 +126,16 @@ def print_summary(
         grid.add_row("command", Text(f"exited with {report['exit_code']}", style="yellow"))
     if report.get("incomplete"):
         grid.add_row("", Text("incomplete: the report shows what was seen", style="yellow"))
-    for err in (report.get("errors") or [])[:4]:
-        grid.add_row("note", Text(str(err), style="yellow"))
-    if report_path:
-        grid.add_row("report", report_path)
-    if html_path:
-        grid.add_row("html", html_path)
-    if kept_dir:
-        grid.add_row("process files", kept_dir)
+    # Notes carry commands and paths to copy, and the paths below are to open: printed unwrapped (the
+    # terminal wraps them), never folded mid-path at the console width as the grid's cells are.
+    tail = [("note", Text(str(err), style="yellow")) for err in (report.get("errors") or [])[:4]]
+    tail += [(k, Text(str(v))) for k, v in (("report", report_path), ("html", html_path),
+                                             ("process files", kept_dir)) if v]
+    width = max([len(k) for k, _ in tail] + [len(str(c)) for c in grid.columns[0].cells])
+    grid.columns[0].min_width = width
     console.print(grid)
+    for label, value in tail:
+        console.print(Text(label.rjust(width), style="dim") + Text("  ") + value, soft_wrap=True)
 
 
 # The memory-budget guard's outcomes the summary shows, most consequential first (otel_leak.guard records them)
