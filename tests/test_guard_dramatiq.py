@@ -64,14 +64,21 @@ def test_a_worker_outside_the_dramatiq_command_has_no_graceful_recycle():
 
 
 def _reloaded(run: OtelLeakRun, processes: int = 2, timeout: float = 60) -> None:
-    """Wait until a reload the guard started has finished: the command's worker processes all ready after
-    the last shutdown. (The command reloads by exec: a SIGTERM that lands before the new command has
-    installed its handlers kills it with 143; the stop that follows must not race a reload.)"""
+    """Wait until every reload the guard started has finished: after the command's last SIGHUP, its worker
+    processes have shut down and ``processes`` new ones are ready, and still so a second later. (The command
+    reloads by exec: a SIGTERM that lands before the new command has installed its handlers kills it with
+    143; the stop that follows must not race a reload. A replacement process can cross the budget too and
+    start a second reload while the last messages are acknowledged, so the queue being empty says nothing.)"""
+    def settled(text: str) -> bool:
+        last_down = text.rfind("Worker has been shut down")
+        return (text.rfind("Sending signal 'SIGHUP'") < last_down
+                and text.count("Worker process is ready for action", last_down) >= processes)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = run.log()
-        last_down = text.rfind("Worker has been shut down")
-        if text.count("Worker process is ready for action", max(0, last_down)) >= processes:
-            return
+        if settled(run.log()):
+            time.sleep(1.0)
+            if settled(run.log()):
+                return
         time.sleep(0.2)
     raise AssertionError("the Dramatiq command did not finish its reload: " + run.log()[-2000:])
